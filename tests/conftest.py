@@ -1,0 +1,37 @@
+"""Shared fixtures: the three users every view test needs, and an isolated media folder."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.com", "alice-pass-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.com", "bob-pass-123")
+
+
+@pytest.fixture
+def charlie(django_user_model):
+    """Staff and superuser: sees everything."""
+    return django_user_model.objects.create_superuser("charlie", "charlie@example.com", "charlie-pass-123")
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(client, bob):
+    client.force_login(bob)
+    return client

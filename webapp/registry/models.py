@@ -1,0 +1,30 @@
+from django.conf import settings
+from django.db import models
+
+
+class TrainedModel(models.Model):
+    """A stored model: files under MEDIA_ROOT/<storage_dir> (model.safetensors + model.json)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="trained_models")
+    job = models.OneToOneField("jobs.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="trained_model")
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.SET_NULL, null=True, blank=True, related_name="trained_models")
+    name = models.CharField(max_length=160)
+    version = models.PositiveIntegerField(default=1)
+    arch = models.CharField(max_length=64)
+    classes = models.JSONField(default=list)
+    input_spec = models.JSONField(default=dict)  # {"height", "width", "channels"}
+    metrics = models.JSONField(default=dict)  # final val_acc, val_loss, train_*, samples_per_s...
+    confusion = models.JSONField(default=list)  # validation confusion matrix, rows = true class
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name", "version"], name="unique_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    @property
+    def storage_dir(self) -> str:
+        return f"models/{self.pk}"
