@@ -26,5 +26,10 @@ class TrainedModel(models.Model):
         return f"{self.name} v{self.version}"
 
     @property
+    def val_acc(self) -> float | None:
+        """Final validation accuracy, 0..1 (None when training recorded none)."""
+        return self.metrics.get("val_acc")
+
+    @property
     def storage_dir(self) -> str:
         return f"models/{self.pk}"

@@ -1,0 +1,219 @@
+"""The model registry: storing trained models, loading them once, and predicting with them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.template.defaultfilters import filesizeformat
+
+from webapp.registry.models import TrainedModel
+
+if TYPE_CHECKING:  # ml is imported lazily: the web process should not pay for torch until needed
+    from ml import Predictor, TrainResult
+
+    from jobs.models import Job
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILES = ("model.safetensors", "model.json")
+TOP_K = 5
+
+
+def model_directory(model: TrainedModel) -> Path:
+    return Path(default_storage.path(model.storage_dir))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays and tensors -> JSON types; NaN/inf -> None (JSON has neither)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _config_value(config: Any, name: str) -> Any:
+    return config.get(name) if isinstance(config, dict) else getattr(config, name)
+
+
+# --- Registering and deleting -------------------------------------------------------------------
+
+
+def model_register(*, job: Job, result: TrainResult) -> TrainedModel:
+    """Store a finished training run: a TrainedModel row and its files, both or neither.
+
+    The version is the next one for (owner, name); two registrations racing for the same version
+    hit the unique constraint and the loser retries with the following number. The files are
+    written inside the transaction (the row needs its id first, and nobody may see a row without
+    files); a failure anywhere removes the folder and rolls the row back.
+    """
+    from ml import save_model
+
+    arch = _config_value(result.config, "arch")
+    name = f"{job.dataset.name} · {arch}"[: TrainedModel._meta.get_field("name").max_length]
+    for attempt in range(5):
+        directory: Path | None = None
+        try:
+            with transaction.atomic():
+                latest = TrainedModel.objects.filter(owner=job.owner, name=name).aggregate(v=Max("version"))["v"]
+                model = TrainedModel.objects.create(
+                    owner=job.owner,
+                    job=job,
+                    dataset=job.dataset,
+                    name=name,
+                    version=(latest or 0) + 1,
+                    arch=arch,
+                    classes=_plain(list(result.classes)),
+                    input_spec=_plain(dict(result.input_spec)),
+                    metrics=_plain(dict(result.metrics)),
+                    confusion=_plain(result.confusion),
+                )
+                directory = model_directory(model)
+                # An id can come back after a rolled-back insert (SQLite); its leftovers are stale.
+                shutil.rmtree(directory, ignore_errors=True)
+                directory.mkdir(parents=True)
+                save_model(result, directory)
+                model.size_bytes = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+                model.save(update_fields=["size_bytes"])
+        except IntegrityError:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            if attempt == 4 or TrainedModel.objects.filter(job=job).exists():
+                raise  # not a version race: the job already has a model, or we keep losing
+            continue
+        except BaseException:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        logger.info("Registered %s (id %s, %d bytes) from job %s", model, model.pk, model.size_bytes, job.pk)
+        return model
+    raise AssertionError("unreachable")
+
+
+def model_delete(*, model: TrainedModel) -> None:
+    """Delete the row, then its files once the deletion has committed (a rollback keeps both)."""
+    directory = model_directory(model)
+    model_id = model.pk
+    with transaction.atomic():
+        model.delete()
+        transaction.on_commit(lambda: _remove_files(model_id, directory))
+
+
+def _remove_files(model_id: int, directory: Path) -> None:
+    _cache.forget(model_id)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- Loading predictors ---------------------------------------------------------------------------
+
+
+class _PredictorCache:
+    """A small per-process LRU of loaded predictors, keyed by model id and the files' mtimes.
+
+    Loading rebuilds a network from disk (tens of ms to seconds), so a request must never pay it
+    twice; replacing the files (a new mtime) gives a new key, and the stale entry ages out.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple, Predictor] = OrderedDict()
+        self._lock = threading.Lock()  # Daphne serves sync views from a thread pool
+
+    def get(self, model: TrainedModel) -> Predictor:
+        from ml import load_predictor
+
+        directory = model_directory(model)
+        try:
+            stamp = tuple((directory / name).stat().st_mtime_ns for name in MODEL_FILES)
+        except FileNotFoundError:
+            raise ModelUnavailable(f"The files of {model} are missing from storage.") from None
+        key = (model.pk, stamp)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        try:
+            predictor = load_predictor(directory)  # outside the lock: loads of other models go on
+        except ValueError as exc:  # damaged or foreign files: say so, the traceback helps no user
+            logger.error("Cannot load model %s from %s: %s", model.pk, directory, exc)
+            raise ModelUnavailable(f"The files of {model} are damaged; it cannot be used.") from exc
+        with self._lock:
+            self.forget(model.pk, locked=True)
+            self._entries[key] = predictor
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return predictor
+
+    def forget(self, model_id: int, *, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                return self.forget(model_id, locked=True)
+        for key in [k for k in self._entries if k[0] == model_id]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class ModelUnavailable(Exception):
+    """The row exists but its files are missing or unreadable (deleted by hand, a broken restore)."""
+
+
+_cache = _PredictorCache(size=getattr(settings, "PREDICTOR_CACHE_SIZE", 8))
+
+
+def predictor_for(model: TrainedModel) -> Predictor:
+    return _cache.get(model)
+
+
+# --- Predicting ---------------------------------------------------------------------------------
+
+
+def prediction_create(*, model: TrainedModel, data: bytes, filename: str) -> list[dict]:
+    """Top-5 labels for one uploaded image, most probable first.
+
+    Raises ValidationError naming the file and the reason when it is too big or not an image.
+    Decoding, resizing and normalising all happen inside the predictor, as in training.
+    """
+    from ml.images import ImageDecodeError
+
+    limit = settings.MAX_PREDICT_BYTES
+    if len(data) > limit:
+        raise ValidationError(
+            f"{filename}: the file is larger than the {_megabytes(limit)} limit for predictions.",
+            code="too_large",
+        )
+    if not data:
+        raise ValidationError(f"{filename}: the file is empty.", code="empty")
+    try:
+        ranked = predictor_for(model).predict(data, top_k=TOP_K)
+    except ImageDecodeError as exc:
+        raise ValidationError(f"{filename}: {exc}.", code="not_an_image") from None
+    return [{"label": str(label), "probability": float(p)} for label, p in ranked]
+
+
+def read_upload(upload) -> bytes:
+    """An uploaded file's bytes, reading at most one byte past MAX_PREDICT_BYTES: enough for
+    prediction_create to refuse an oversized file without holding all of it in memory."""
+    upload.seek(0)
+    return upload.read(settings.MAX_PREDICT_BYTES + 1)
+
+
+def _megabytes(n: int) -> str:
+    return filesizeformat(n).replace("\xa0", " ")
