@@ -1,4 +1,14 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from webapp.datasets import views
 
 app_name = "datasets"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.dataset_list, name="list"),
+    path("upload/", views.dataset_upload, name="upload"),
+    path("demo/", views.dataset_demo, name="demo"),
+    path("<int:pk>/", views.dataset_detail, name="detail"),
+    path("<int:pk>/status/", views.dataset_status, name="status"),
+    path("<int:pk>/samples/<int:index>.png", views.dataset_sample, name="sample"),
+    path("<int:pk>/delete/", views.dataset_delete_view, name="delete"),
+]

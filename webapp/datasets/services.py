@@ -1,0 +1,332 @@
+"""Datasets: upload (dataset_create), ingest in a worker (dataset_ingest), delete, and reads.
+
+The archive is checked at once for what is cheap to know (size, that it is a zip or tar at all)
+so the user hears about it on the form; everything else is found by the ingest in the worker and
+shown on the dataset page (status FAILED with the message, or READY with the skipped files).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import QuerySet
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from PIL import Image
+
+from jobs.models import Job
+from ml.archive import ArchiveLimits, DatasetError, sniff_format
+from ml.ingest import ingest_image_archive
+from ml.synthetic import write_shapes_archive
+from webapp.datasets.models import Dataset
+from webapp.ownership import owned_by
+
+logger = logging.getLogger(__name__)
+
+# The one description of the ingest options: the form, the API and the checks below use it.
+OPTION_DEFAULTS = {"image_size": 64, "val_fraction": 0.1, "seed": 0}
+IMAGE_SIZE_RANGE = (8, 512)  # pixels, side of the square images are squashed to
+VAL_FRACTION_RANGE = (0.0, 0.5)  # share of each class held out for validation
+SEED_MAX = 2**32 - 1  # numpy's default_rng takes any int; this keeps it a plain integer column
+
+PROGRESS_INTERVAL_S = 0.5  # ingest progress is written to the row at most twice a second
+SAMPLE_MIN_PIXELS = 96  # sample PNGs are upscaled by a whole factor to at least this side
+
+
+# --- Create --------------------------------------------------------------------------------------
+
+
+def dataset_options_clean(options: dict) -> dict:
+    """Fill defaults and check the ingest options; raises ValidationError keyed by option name."""
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValidationError({"options": [f"Unknown option(s): {', '.join(unknown)}. "
+                                           f"Choose from: {', '.join(OPTION_DEFAULTS)}."]})
+    values = {**OPTION_DEFAULTS, **{k: v for k, v in options.items() if v is not None and v != ""}}
+    errors: dict[str, list[str]] = {}
+    clean: dict = {}
+    lo, hi = IMAGE_SIZE_RANGE
+    clean["image_size"] = _number(values["image_size"], int, "image_size", errors)
+    if "image_size" not in errors and not lo <= clean["image_size"] <= hi:
+        errors["image_size"] = [f"Image size must be between {lo} and {hi} pixels."]
+    lo_f, hi_f = VAL_FRACTION_RANGE
+    clean["val_fraction"] = _number(values["val_fraction"], float, "val_fraction", errors)
+    if "val_fraction" not in errors and not lo_f <= clean["val_fraction"] <= hi_f:
+        errors["val_fraction"] = [f"Validation fraction must be between {lo_f:g} and {hi_f:g}."]
+    clean["seed"] = _number(values["seed"], int, "seed", errors)
+    if "seed" not in errors and not 0 <= clean["seed"] <= SEED_MAX:
+        errors["seed"] = [f"Seed must be a whole number between 0 and {SEED_MAX}."]
+    if errors:
+        raise ValidationError(errors)
+    return clean
+
+
+def _number(value, kind: type, field: str, errors: dict) -> int | float | None:
+    what = "a whole number" if kind is int else "a number"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = kind(value)
+        if kind is int and isinstance(value, float) and value != number:
+            raise ValueError
+        if kind is float and not math.isfinite(number):
+            raise ValueError
+    except (TypeError, ValueError):
+        errors[field] = [f"{field.replace('_', ' ').capitalize()} must be {what}, not {value!r}."]
+        return None
+    return number
+
+
+def dataset_validate(*, name: str, archive: File | None, options: dict) -> tuple[str, dict]:
+    """Everything that can be told about an upload at once, all errors together.
+
+    Returns (name, options) cleaned; raises ValidationError({"name"|"archive"|<option>: [message]}).
+    """
+    errors: dict[str, list[str]] = {}
+    name = (name or "").strip()
+    max_name = Dataset._meta.get_field("name").max_length
+    if not name:
+        errors["name"] = ["Give the dataset a name."]
+    elif len(name) > max_name:
+        errors["name"] = [f"The name is {len(name)} characters long; the most is {max_name}."]
+    try:
+        options = dataset_options_clean(options or {})
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    archive_error = _archive_error(archive)
+    if archive_error:
+        errors["archive"] = [archive_error]
+    if errors:
+        raise ValidationError(errors)
+    return name, options
+
+
+def dataset_create(*, owner, name: str, archive: File, options: dict, queue_ingest: bool = True) -> Dataset:
+    """Store an uploaded archive as a new PENDING dataset and queue its ingest after commit.
+
+    Raises ValidationError (see dataset_validate) for what can be told at once; nothing is stored
+    then. queue_ingest=False leaves the ingest to the caller (create_demo).
+    """
+    name, options = dataset_validate(name=name, archive=archive, options=options)
+    dataset = Dataset(owner=owner, name=name, kind=Dataset.Kind.IMAGE, options=options)
+    archive.seek(0)
+    dataset.archive.save(Path(archive.name).name, archive, save=False)
+    try:
+        with transaction.atomic():
+            dataset.save()
+    except BaseException:
+        dataset.archive.delete(save=False)  # no row, no file
+        raise
+    if queue_ingest:
+        transaction.on_commit(lambda: _queue_ingest(dataset.id))
+    return dataset
+
+
+def _queue_ingest(dataset_id: int) -> None:
+    from webapp.datasets.tasks import ingest_dataset  # tasks import this module
+
+    try:
+        ingest_dataset.delay(dataset_id)
+    except Exception:  # the broker is down: say so on the dataset page instead of a 500
+        logger.exception("Could not queue the ingest of dataset %s", dataset_id)
+        Dataset.objects.filter(id=dataset_id, status=Dataset.Status.PENDING).update(
+            status=Dataset.Status.FAILED,
+            error="The archive was stored but could not be queued for ingest (the task queue is unreachable). "
+                  "Delete this dataset and upload again later, or ask the administrator.")
+
+
+def _archive_error(archive: File | None) -> str | None:
+    if archive is None:
+        return "Choose an archive to upload."
+    label = Path(archive.name or "the file").name
+    size = archive.size
+    if size > settings.MAX_UPLOAD_BYTES:
+        return (f"{label} is {filesizeformat(size)}; the largest upload accepted is "
+                f"{filesizeformat(settings.MAX_UPLOAD_BYTES)}.")
+    archive.seek(0)
+    head = archive.read(64 * 1024)
+    archive.seek(0)
+    try:
+        sniff_format(head)
+    except DatasetError as exc:
+        return f"{label}: {exc}"
+    return None
+
+
+DEMO_NAME = "Shapes (demo)"
+DEMO_SHAPES = {"per_class": 300, "size": 32, "seed": 0}  # 5 classes × 300, 32×32 RGB: ~2 s to render
+
+
+def dataset_create_demo(*, owner, queue_ingest: bool = True) -> tuple[Dataset, bool]:
+    """The owner's "Shapes (demo)" dataset: the existing one unless it failed, else a new one.
+
+    Returns (dataset, created). The archive is generated on the spot (ml.synthetic).
+    """
+    existing = Dataset.objects.filter(owner=owner, name=DEMO_NAME).exclude(status=Dataset.Status.FAILED).first()
+    if existing is not None:
+        return existing, False
+    for failed in Dataset.objects.filter(owner=owner, name=DEMO_NAME, status=Dataset.Status.FAILED):
+        dataset_delete(dataset=failed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_shapes_archive(Path(tmp) / "shapes-demo.zip", **DEMO_SHAPES)
+        with open(path, "rb") as f:
+            dataset = dataset_create(owner=owner, name=DEMO_NAME, archive=File(f, name=path.name),
+                                     options={"image_size": 32}, queue_ingest=queue_ingest)
+    return dataset, True
+
+
+# --- Ingest (in a worker) ------------------------------------------------------------------------
+
+
+def archive_limits() -> ArchiveLimits:
+    return ArchiveLimits(
+        max_expanded_bytes=settings.MAX_EXPANDED_BYTES,
+        max_members=settings.MAX_ARCHIVE_MEMBERS,
+        max_ratio=settings.MAX_ARCHIVE_RATIO,
+    )
+
+
+def dataset_ingest(*, dataset_id: int, progress: Callable[[int, int], None] | None = None) -> None:
+    """Claim a PENDING dataset and ingest its archive: READY with the summary, or FAILED with why.
+
+    Never raises for a bad archive or a failed ingest, so one upload cannot take a worker down.
+    `progress(done, total)` is called for every file (create_demo draws a bar with it).
+    """
+    claimed = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.PENDING).update(
+        status=Dataset.Status.INGESTING, progress=0.0, error="")
+    if claimed != 1:
+        logger.info("Dataset %s is not pending (deleted, or claimed already); nothing to do", dataset_id)
+        return
+    dataset = Dataset.objects.get(id=dataset_id)
+    out_dir = Path(default_storage.path(dataset.storage_dir))
+    last_write = 0.0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal last_write
+        if progress is not None:
+            progress(done, total)
+        now = time.monotonic()
+        if now - last_write >= PROGRESS_INTERVAL_S:
+            last_write = now
+            Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
+                progress=min(done / max(total, 1), 0.99))
+
+    try:
+        report = ingest_image_archive(
+            default_storage.path(dataset.archive.name), out_dir, limits=archive_limits(), progress=on_progress,
+            **{**OPTION_DEFAULTS, **dataset.options},
+        )
+    except DatasetError as exc:
+        _fail(dataset_id, str(exc))
+        return
+    except Exception as exc:  # disk full, a bug: keep the worker alive, tell the user plainly
+        logger.exception("Ingest of dataset %s failed", dataset_id)
+        reason = f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else "an internal error"
+        _fail(dataset_id, f"The archive could not be ingested because of {reason}. "
+                          "Try again later, or ask the administrator to look at the worker log.")
+        return
+
+    finished = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
+        status=Dataset.Status.READY,
+        progress=1.0,
+        num_samples=report.num_samples,
+        num_train=report.num_train,
+        num_val=report.num_val,
+        classes=[{"name": name, "train": report.counts["train"][i], "val": report.counts["val"][i]}
+                 for i, name in enumerate(report.classes)],
+        height=report.height,
+        width=report.width,
+        channels=report.channels,
+        skipped=report.skipped,
+        ingested_at=timezone.now(),
+    )
+    if finished != 1:  # deleted while ingesting: do not leave its arrays behind
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _fail(dataset_id: int, message: str) -> None:
+    Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
+        status=Dataset.Status.FAILED, error=message, progress=0.0)
+
+
+# --- Delete --------------------------------------------------------------------------------------
+
+
+class DatasetInUse(Exception):
+    """The dataset is being trained on; deleting it would pull the data from under the job."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def dataset_delete(*, dataset: Dataset, force: bool = False) -> None:
+    """Delete the row (and, by cascade, its jobs and their history), then the archive and the arrays.
+
+    Raises DatasetInUse while a job on it is queued or running, unless force (the admin site).
+    """
+    active = Job.objects.filter(dataset=dataset, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+    if active and not force:
+        raise DatasetInUse(
+            f"{dataset.name} is used by {active} training job{'s' if active > 1 else ''} that "
+            f"{'are' if active > 1 else 'is'} queued or running; cancel {'them' if active > 1 else 'it'} first."
+        )
+    archive_name, storage_dir = dataset.archive.name, dataset.storage_dir
+    dataset.delete()
+    if archive_name:
+        default_storage.delete(archive_name)
+    shutil.rmtree(default_storage.path(storage_dir), ignore_errors=True)
+
+
+# --- Reads ---------------------------------------------------------------------------------------
+
+
+def dataset_list_for_user(*, user) -> QuerySet[Dataset]:
+    return owned_by(Dataset.objects.select_related("owner"), user)
+
+
+def dataset_meta(*, dataset: Dataset) -> dict:
+    """The dataset.json of a READY dataset ({} when it is not ready or the file is gone)."""
+    if dataset.status != Dataset.Status.READY:
+        return {}
+    try:
+        with default_storage.open(f"{dataset.storage_dir}/dataset.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        logger.warning("dataset.json of dataset %s is missing or unreadable", dataset.pk)
+        return {}
+
+
+def dataset_sample_png(*, dataset: Dataset, index: int) -> bytes | None:
+    """One stored sample as a PNG, upscaled by a whole factor (crisp pixels); None if out of range."""
+    if dataset.status != Dataset.Status.READY:
+        return None
+    try:
+        images = np.load(default_storage.path(f"{dataset.storage_dir}/images.npy"), mmap_mode="r",
+                         allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if not 0 <= index < len(images):
+        return None
+    pixels = np.array(images[index])
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
+    factor = max(1, math.ceil(SAMPLE_MIN_PIXELS / max(image.size)))
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
