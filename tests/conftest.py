@@ -1,5 +1,7 @@
 """Shared fixtures: the three users every view test needs, and an isolated media folder."""
 
+pytest_plugins = ["tests.live"]
+
 import pytest
 
 

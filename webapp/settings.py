@@ -160,7 +160,10 @@ if CHANNEL_LAYER == "redis":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, as long as the layer's
+                # blocking BZPOPMIN waits: idle websockets then die every ~5 s
+                # (django/channels_redis#422). Longer than the pop, still notices a dead Redis.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": os.getenv("CHANNEL_PREFIX", "perceptor"),
             },
         }

@@ -1,0 +1,60 @@
+"""The new-job form, generated from ml.HYPERPARAMETERS: a new hyperparameter needs no change here.
+
+The form only parses the browser's strings into Python values and hints the ranges to the browser;
+the rules themselves live in ml.TrainConfig (through jobs.services.job_create), in one place.
+"""
+
+from django import forms
+
+from webapp.datasets.models import Dataset
+
+LABELS = {"lr": "Learning rate", "arch": "Architecture"}
+
+
+def _number(x) -> str:
+    """For people: 2,147,483,647 and 1e-06, not 2.14748e+09."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def _attr(x) -> str:
+    """For the browser's min/max: plain numbers."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _field(name: str, param) -> forms.Field:
+    common = {"label": LABELS.get(name, name.replace("_", " ").capitalize()), "initial": param.default}
+    if param.kind == "choice":
+        return forms.ChoiceField(choices=[(c, c) for c in param.choices], help_text=param.help, **common)
+    if param.kind == "bool":
+        return forms.BooleanField(required=False, help_text=param.help, **common)
+    attrs, help_text = {}, param.help
+    if param.min is not None and param.max is not None:
+        attrs = {"min": _attr(param.min), "max": _attr(param.max)}
+        help_text = f"{help_text} Range {_number(param.min)} to {_number(param.max)}."
+    if param.kind == "int":
+        return forms.IntegerField(help_text=help_text, widget=forms.NumberInput(attrs={**attrs, "step": "1"}), **common)
+    # step="any": without it a browser refuses 3e-4 for not being a multiple of 1.
+    return forms.FloatField(help_text=help_text, widget=forms.NumberInput(attrs={**attrs, "step": "any"}), **common)
+
+
+class JobForm(forms.Form):
+    dataset = forms.ModelChoiceField(
+        queryset=Dataset.objects.none(),
+        empty_label=None,
+        help_text="Your datasets that are ready (ingested).",
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        from ml import HYPERPARAMETERS
+
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].queryset = Dataset.objects.filter(owner=user, status=Dataset.Status.READY)
+        self.hyperparameters = list(HYPERPARAMETERS)
+        for name, param in HYPERPARAMETERS.items():
+            self.fields[name] = _field(name, param)
+
+    def hyperparameter_fields(self):
+        return [self[name] for name in self.hyperparameters]
+
+    def config(self) -> dict:
+        return {name: self.cleaned_data[name] for name in self.hyperparameters}
