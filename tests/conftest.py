@@ -6,6 +6,14 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(request, settings):
+    """PBKDF2 at full strength costs about a second per user on a shared CPU. Not with the live
+    stack: its server checks passwords typed into the login form with the real settings."""
+    if "live" not in request.fixturenames:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()

@@ -119,7 +119,8 @@ USE_TZ = True
 
 # --- Files ------------------------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.getenv("STATIC_ROOT", BASE_DIR / "staticfiles"))  # collectstatic (the Docker image)
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request when it is missing
 NODE_MODULES = BASE_DIR / "node_modules"
 # Front-end libraries come from npm (package.json) and are served from here, never from a CDN.
 STATICFILES_DIRS = [

@@ -78,12 +78,6 @@ def progress_event(kind="step", *, epoch=1, epochs=2, step=1, total_steps=8, tra
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """PBKDF2 costs about a second per user on this shared CPU; tests don't need the strength."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _memory_channel_layer(settings):
     """Unit tests push through the in-memory layer (the `live` fixture swaps in Redis)."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

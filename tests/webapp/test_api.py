@@ -21,12 +21,6 @@ from webapp.datasets.models import Dataset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """PBKDF2 at full strength costs about a second per user on a shared CPU."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def api():
     return APIClient()

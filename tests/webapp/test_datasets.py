@@ -18,12 +18,6 @@ from webapp.datasets.services import dataset_create, dataset_delete, dataset_ing
 
 pytestmark = pytest.mark.django_db
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    """alice, bob and charlie are created with the real PBKDF2 hasher otherwise: ~1 s each here."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 # --- Helpers ----------------------------------------------------------------------------------
 
 

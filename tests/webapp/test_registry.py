@@ -79,12 +79,6 @@ def model(job, train_result):
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """PBKDF2 at full strength costs about a second per user on a shared CPU."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _fresh_predictor_cache():
     services._cache.clear()
     yield
