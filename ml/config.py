@@ -1,0 +1,146 @@
+"""Training hyperparameters: one dataclass, one table describing it for forms and the API.
+
+`HYPERPARAMETERS` is the single description the Django job form and the DRF serializer are
+generated from; `TrainConfig` validates with the same table, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ml.nets import ARCHITECTURES
+
+
+class ConfigError(ValueError):
+    """A hyperparameter is unknown or out of range; `field` names it, the message says what is allowed."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# Recipe evidence (see docs/benchmarks.md): resnet with these defaults reached ... on
+# CIFAR-10 10k (8,000 train / 2,000 val, stratified), ... on 2 shared Xeon cores, CPU only:
+#   nice -n 10 .venv/bin/python bench/cifar.py
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "resnet"  # network from ml.nets.ARCHITECTURES; resnet is far more accurate than seed_cnn
+    epochs: int = 15  # full passes over the training set; the one-cycle schedule spans all of them
+    batch_size: int = 256  # images per optimizer step; large batches keep the CPU's vector units busy
+    lr: float = 2e-3  # peak learning rate of the one-cycle schedule (reached after 25% of the steps)
+    optimizer: str = "adamw"  # adamw is forgiving across both networks; sgd = Nesterov momentum 0.9
+    weight_decay: float = 5e-2  # decoupled for adamw, L2 for sgd/adam; not applied to norms and biases
+    augment: bool = True  # random shifts (reflected borders) + horizontal flips, on whole batches
+    label_smoothing: float = 0.1  # probability mass spread over the other classes; calms overconfidence
+    seed: int = 0  # seeds python, numpy and torch: the same config on the same data trains the same
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Validate a dict (missing keys get defaults). Raises ConfigError naming the field."""
+        if not isinstance(d, dict):
+            raise ConfigError("config", f"config must be a dict of hyperparameters, got {type(d).__name__}")
+        for key in d:
+            if key not in HYPERPARAMETERS:
+                raise ConfigError(
+                    str(key), f"Unknown hyperparameter {key!r}. Choose from: {', '.join(HYPERPARAMETERS)}"
+                )
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: str  # "choice" | "int" | "float" | "bool"
+    default: Any
+    min: float | None = None  # inclusive bounds for int/float
+    max: float | None = None
+    choices: tuple[str, ...] | None = None  # for kind="choice"
+    help: str = ""
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+HYPERPARAMETERS: dict[str, Param] = {
+    "arch": Param(
+        "choice", _DEFAULTS["arch"], choices=tuple(ARCHITECTURES),
+        help="Network architecture. resnet is the accurate default; seed_cnn is the small classic baseline.",
+    ),
+    "epochs": Param(
+        "int", _DEFAULTS["epochs"], 1, 500,
+        help="Full passes over the training images. More epochs: better accuracy, longer training.",
+    ),
+    "batch_size": Param(
+        "int", _DEFAULTS["batch_size"], 2, 4096,
+        help="Images per optimizer step (at least 2: batch norm needs a batch).",
+    ),
+    "lr": Param(
+        "float", _DEFAULTS["lr"], 1e-6, 10.0,
+        help="Peak learning rate of the one-cycle schedule. Typical: 1e-3 to 1e-2 for adam/adamw, "
+        "0.05 to 0.4 for sgd.",
+    ),
+    "optimizer": Param(
+        "choice", _DEFAULTS["optimizer"], choices=("sgd", "adam", "adamw"),
+        help="adamw (Adam with decoupled weight decay), adam, or sgd with Nesterov momentum 0.9.",
+    ),
+    "weight_decay": Param(
+        "float", _DEFAULTS["weight_decay"], 0.0, 1.0,
+        help="Pull towards small weights against overfitting. Typical: 0.01 to 0.1 for adamw, "
+        "5e-4 for sgd and adam.",
+    ),
+    "augment": Param(
+        "bool", _DEFAULTS["augment"],
+        help="Random shifts and horizontal flips of training images. Turn off when left and right "
+        "matter (digits, text).",
+    ),
+    "label_smoothing": Param(
+        "float", _DEFAULTS["label_smoothing"], 0.0, 0.5,
+        help="Share of the target probability spread over the other classes (0 = off).",
+    ),
+    "seed": Param(
+        "int", _DEFAULTS["seed"], 0, 2**31 - 1,
+        help="Random seed: the same seed, settings and data give the same model.",
+    ),
+}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _check(name: str, value: Any) -> Any:
+    """Return value coerced to the parameter's type, or raise ConfigError saying what is allowed."""
+    p = HYPERPARAMETERS[name]
+    if p.kind == "choice":
+        if not isinstance(value, str) or value not in p.choices:
+            if name == "arch":
+                raise ConfigError(name, f"Unknown architecture {value!r}. Choose one of: {', '.join(p.choices)}")
+            raise ConfigError(name, f"Unknown {name} {value!r}. Choose one of: {', '.join(p.choices)}")
+        return value
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"{name} must be true or false, got {value!r}")
+        return value
+    # Numbers. bool is an int subclass in Python; True is not a valid epoch count.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        what = "a whole number" if p.kind == "int" else "a number"
+        raise ConfigError(name, f"{name} must be {what}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
+    if p.kind == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(name, f"{name} must be a whole number, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    if not p.min <= value <= p.max:
+        raise ConfigError(name, f"{name} must be between {_fmt(p.min)} and {_fmt(p.max)}, got {_fmt(value)}")
+    return value
