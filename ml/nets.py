@@ -153,7 +153,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         resnet,
         label="ResNet-9 (small, batch norm)",
         help="A small residual network with batch norm: trains fast and is far more accurate.",
-        defaults={"base_filters": 16},  # widths 16-32-64-128: 76% on CIFAR-10 10k in ~13 CPU minutes
+        defaults={"base_filters": 16},  # widths 16-32-64-128; 32 is ~3x slower on CPU (docs/benchmarks.md)
     ),
 }
 
