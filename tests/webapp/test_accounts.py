@@ -226,3 +226,29 @@ def test_ensure_admin_uses_a_given_password_and_never_writes_it_down(tmp_path, m
     assert not password_file.exists()
     assert "given-by-the-operator" not in out.getvalue()
     assert "the password in PERCEPTOR_ADMIN_PASSWORD" in out.getvalue()
+
+
+def test_admin_deleting_a_user_removes_their_datasets_and_models_files_too(
+    client, charlie, alice, bob, settings, django_capture_on_commit_callbacks
+):
+    from webapp.registry.models import TrainedModel
+
+    def owned_files(owner):
+        dataset = Dataset.objects.create(owner=owner, name="d", status=Dataset.Status.READY)
+        model = TrainedModel.objects.create(owner=owner, dataset=dataset, name="m", arch="seed_cnn")
+        folders = [settings.MEDIA_ROOT / dataset.storage_dir, settings.MEDIA_ROOT / model.storage_dir]
+        for folder in folders:
+            folder.mkdir(parents=True)
+            (folder / "weights.bin").write_bytes(b"x")
+        return folders
+
+    alices, bobs = owned_files(alice), owned_files(bob)
+    client.force_login(charlie)
+    with django_capture_on_commit_callbacks(execute=True):  # model files go once the delete commits
+        response = client.post(reverse("admin:auth_user_delete", args=[alice.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=alice.pk).exists()
+    assert not Dataset.objects.filter(owner_id=alice.pk).exists()
+    assert not any(folder.exists() for folder in alices)
+    assert all(folder.exists() for folder in bobs)

@@ -45,3 +45,16 @@ def admin_ensure(*, username: str, password_file: Path, password: str = "") -> A
 
     kept = password_file.read_text().strip() if password_file.is_file() else ""
     return AdminAccount(user=user, created=False, file_password=kept if kept and user.check_password(kept) else None)
+
+
+def user_delete(*, user: AbstractBaseUser) -> None:
+    """Delete a user and everything they own, files included: a plain cascade would delete the
+    rows of their datasets, jobs and models but leave the archives, arrays and weights on disk."""
+    from webapp.datasets.services import dataset_delete
+    from webapp.registry.services import model_delete
+
+    for model in user.trained_models.all():
+        model_delete(model=model)
+    for dataset in user.datasets.all():
+        dataset_delete(dataset=dataset, force=True)
+    user.delete()
