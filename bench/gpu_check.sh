@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks in one run, for a machine with CUDA (e.g. the device tool's H200):
-#   1. the GPU-marked tests (tests/test_gpu.py): ml.train on CUDA for each network, and a short
+#   1. the GPU-marked tests (tests/test_gpu.py, CUDA resume and OOM in tests/ml): ml.train on CUDA, and a short
 #      job through a real Celery worker that must report a CUDA device;
 #   2. training throughput of seed_cnn and the default network with bf16 autocast and
 #      channels_last (bench/throughput.py), on CIFAR-sized data.
@@ -23,7 +23,7 @@ if ! "$PY" -c 'import redis, os; redis.Redis.from_url(os.getenv("REDIS_URL", "re
 fi
 
 echo "== GPU-marked tests"
-"$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py || status=1
+"$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/ml/test_checkpoint.py tests/ml/test_oom.py || status=1
 
 echo "== throughput (bf16 autocast + channels_last on CUDA)"
 "$PY" bench/throughput.py --device cuda --images 50000 --epochs 3 --batch-size 512 || status=1

@@ -6,6 +6,7 @@
     load_predictor(model_dir).predict(image_bytes)   # -> [(label, probability), ...]
 """
 
+from ml.checkpoint import CheckpointError, read_checkpoint_info
 from ml.config import HYPERPARAMETERS, ConfigError, TrainConfig
 from ml.data import ImageData, load_image_dataset
 from ml.export import save_model
@@ -17,6 +18,7 @@ __all__ = [
     "ARCHITECTURES",
     "HYPERPARAMETERS",
     "Cancelled",
+    "CheckpointError",
     "ConfigError",
     "ImageData",
     "Predictor",
@@ -26,6 +28,7 @@ __all__ = [
     "build_model",
     "load_image_dataset",
     "load_predictor",
+    "read_checkpoint_info",
     "save_model",
     "train",
 ]

@@ -8,21 +8,34 @@ accuracy are accumulated on the device and read back (a GPU sync) only when an e
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ml.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ml.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    check_matches,
+    data_fingerprint,
+    load_checkpoint,
+    restore_global_rng,
+    write_checkpoint,
+)
 from ml.config import TrainConfig
 from ml.data import ImageData
 from ml.nets import build_model
+
+logger = logging.getLogger(__name__)
 
 # Random shifts move images by up to this fraction of their shorter side (2 px at 32×32, as
 # airbench does for CIFAR-10); borders are filled by reflection.
@@ -44,7 +57,7 @@ class Diverged(ValueError):
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    kind: str  # "step" (at most every progress_interval seconds) or "epoch" (every epoch end)
+    kind: str  # "step" (at most every progress_interval seconds), "epoch" (every epoch end) or "notice"
     epoch: int  # 1-based
     epochs: int
     step: int  # optimizer steps so far
@@ -55,7 +68,11 @@ class ProgressEvent:
     val_acc: float | None
     lr: float  # learning rate at this point of the one-cycle schedule
     samples_per_s: float  # training images per second of training time so far
-    elapsed_s: float  # wall time since train() started
+    elapsed_s: float  # wall time of this run, across resumes from a checkpoint
+    # kind="notice" only: something the user should know that changed the run, in their words
+    # ("Out of GPU memory at batch 256: continuing with 2 × 128"). A notice's train_loss/acc are
+    # the latest known (NaN before the first step); it is not a point of the curves.
+    message: str = ""
 
 
 @dataclass
@@ -68,6 +85,8 @@ class TrainResult:
     metrics: dict[str, float | None]  # val_acc, val_loss, train_acc, train_loss, samples_per_s, duration_s
     confusion: list[list[int]]  # validation counts, rows = true class, columns = predicted; [] if no val
     device: str
+    batch_size: int  # micro-batch finally used: images per forward pass (smaller after GPU out-of-memory)
+    accumulation: int  # micro-batches per optimizer step; batch_size × accumulation ≈ config.batch_size
 
 
 @dataclass(frozen=True)
@@ -212,25 +231,32 @@ def augment_batch(x: torch.Tensor, *, generator: torch.Generator, shift: int) ->
     return x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def iterate_batches(
+def epoch_batches(
     x: torch.Tensor,
     y: torch.Tensor,
+    perm: torch.Tensor,
     *,
     batch_size: int,
     generator: torch.Generator,
     augment: bool,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled training batches. A last batch of one image is dropped (batch norm cannot
-    normalise a single value); reshuffling means a different image sits out each epoch."""
+    """One epoch's training batches in the order of `perm`, from batch number `skip` on (a resumed
+    epoch). A last batch of one image is dropped (batch norm cannot normalise a single value);
+    reshuffling means a different image sits out each epoch.
+
+    Lazy on purpose: batch i+1's augmentation is drawn from `generator` only once step i is done,
+    so the generator's state after a step is exactly what a resumed epoch needs."""
     n = len(x)
-    perm = torch.randperm(n, generator=generator, device=x.device)
     shift = max(1, round(min(x.shape[2], x.shape[3]) * SHIFT_FRACTION))
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1:
             break
         xb = x[idx]
         if augment:
+            # The whole batch at once, before any split into micro-batches: the random draws, and
+            # so the data, do not depend on gradient accumulation.
             xb = augment_batch(xb, generator=generator, shift=shift)
         yield xb.contiguous(memory_format=torch.channels_last), y[idx]
 
@@ -269,6 +295,58 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+@dataclass
+class MicroBatching:
+    """How each optimizer step's batch is split: `accumulation` micro-batches whose gradients add
+    up to the whole batch's. Starts at 1; GPU out-of-memory doubles it, so the effective batch
+    (and with it the learning-rate recipe) stays the same while each forward pass gets smaller."""
+
+    batch_size: int  # effective: images per optimizer step
+    accumulation: int = 1
+
+    @property
+    def micro_batch_size(self) -> int:
+        return -(-self.batch_size // self.accumulation)
+
+    def can_halve(self) -> bool:
+        return self.micro_batch_size > 1 and self.accumulation < 2**MAX_HALVINGS
+
+    def halve(self) -> str:
+        """Halve the micro-batch; returns the notice for the user."""
+        before = self.micro_batch_size
+        self.accumulation *= 2
+        return (f"Out of GPU memory at batch {before}: continuing with "
+                f"{self.accumulation} × {self.micro_batch_size}")
+
+
+# Out of memory after this many halvings (a 16th of the batch) is not a batch-size problem.
+MAX_HALVINGS = 4
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    criterion: nn.Module,
+    precision: Precision,
+    accumulation: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Forward and backward over the batch in `accumulation` micro-batches; gradients add up to the
+    batch mean's. Returns (loss, logits, labels) per micro-batch for the running statistics."""
+    chunks = min(accumulation, len(yb))
+    parts = []
+    for xm, ym in zip(xb.tensor_split(chunks), yb.tensor_split(chunks), strict=True):
+        with precision.autocast():
+            logits = model(xm)
+            loss = criterion(logits, ym)
+        # Weighted by size: the last batch of an epoch splits unevenly. Unscaled when whole, so an
+        # unsplit step is bit-identical to plain training.
+        (loss if chunks == 1 else loss * (len(ym) / len(yb))).backward()
+        parts.append((loss.detach(), logits.detach(), ym))
+    return parts
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -277,23 +355,44 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     criterion: nn.Module,
     precision: Precision,
-    on_step: Callable[[RunningStats], None] | None = None,
+    stats: RunningStats,
+    micro: MicroBatching,
+    on_step: Callable[[RunningStats, float], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RunningStats:
-    """One pass over `batches`; returns the running sums (on the device). `on_step` is called after
-    every optimizer step and decides itself whether it is worth a sync."""
+    """One pass over `batches`, adding to `stats` (on the device; a resumed epoch brings its own).
+
+    `on_step(stats, lr)` is called after every complete optimizer step (scheduler moved on; `lr` is
+    the rate that step used) and decides itself whether it is worth a sync. On GPU out-of-memory
+    the step is retried with half the micro-batch (`micro` changes; `on_notice` hears of it) until
+    MicroBatching.can_halve() says no, and then the error propagates."""
     model.train()
-    stats = RunningStats(precision.device)
     for xb, yb in batches:
-        with precision.autocast():
-            logits = model(xb)
-            loss = criterion(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        while True:
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                parts = accumulate_gradients(model, xb, yb, criterion=criterion, precision=precision,
+                                             accumulation=micro.accumulation)
+                break
+            except torch.OutOfMemoryError:
+                if not micro.can_halve():
+                    raise
+            # Only forward and backward are retried: out of memory inside optimizer.step may have
+            # updated some parameters already, so that propagates. Outside the except block here:
+            # its traceback, and the activations it holds, are gone.
+            optimizer.zero_grad(set_to_none=True)
+            if precision.device.type == "cuda":
+                torch.cuda.empty_cache()
+            message = micro.halve()
+            if on_notice is not None:
+                on_notice(message)
         optimizer.step()
-        stats.add(loss, logits, yb)
-        if on_step is not None:
-            on_step(stats)  # before the scheduler moves on: events report the rate this step used
+        for part in parts:
+            stats.add(*part)
+        lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        if on_step is not None:
+            on_step(stats, lr)
     return stats
 
 
@@ -327,6 +426,26 @@ def evaluate(
     return loss_sum.item() / len(x), accuracy, matrix.tolist()
 
 
+@dataclass
+class _Position:
+    """Where a run stands, besides model, optimizer and schedule: what a checkpoint adds to them."""
+
+    stats: RunningStats  # the current epoch's running sums
+    epoch: int = 0  # epochs completed
+    position: int = 0  # optimizer steps done inside epoch `epoch + 1`
+    step: int = 0  # optimizer steps so far
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples_done: int = 0  # training images seen in completed epochs
+    train_time_s: float = 0.0  # training seconds (evaluation excluded) before `segment_start`
+    segment_start: float = 0.0  # monotonic clock when the current stretch of training began
+    lr: float = 0.0  # the rate the latest step used
+    epoch_generator_state: torch.Tensor | None = None  # data generator before this epoch's shuffle
+    generator_state: torch.Tensor | None = None  # data generator after the latest complete step
+
+    def train_time(self, now: float) -> float:
+        return self.train_time_s + (now - self.segment_start if self.position else 0.0)
+
+
 def train(
     config: TrainConfig | dict[str, Any],
     data: ImageData,
@@ -334,15 +453,32 @@ def train(
     callbacks: Sequence[Callable[[ProgressEvent], None]] = (),
     device: str | torch.device = "auto",
     progress_interval: float = 0.25,
+    checkpoint_path: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a classifier on `data`. Every callback gets every ProgressEvent; one raising
-    Cancelled (or anything else) stops training and the exception propagates."""
+    Cancelled (or anything else) stops training and the exception propagates.
+
+    With `checkpoint_path`, a checkpoint (ml.checkpoint) is written atomically after every epoch
+    event, and after the event whose callback raised Cancelled, so it covers every event emitted
+    before it. If the file exists, training resumes from it: the same data order and, on the same
+    device, the same result as a run never stopped; events go on from the next step. A run killed
+    without warning emitted events after its last checkpoint, and a resume emits them again: a
+    caller that stores events drops, before resuming, its step events with step > info["step"]
+    and its epoch events with epoch > info["epoch"] (info = read_checkpoint_info(path)). A
+    checkpoint that cannot be read or belongs to other data or settings raises CheckpointError.
+    The file is left in place when training ends: the caller removes it.
+    """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
     data.validate()
     dev = resolve_device(device)
     precision = choose_precision(dev)
-    started = time.monotonic()
+    fingerprint = data_fingerprint(data) if checkpoint_path is not None else {}
+    saved = None
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        saved = load_checkpoint(checkpoint_path)
+        check_matches(saved, config=config.to_dict(), fingerprint=fingerprint, path=checkpoint_path)
+    started = time.monotonic() - (float(saved["elapsed_s"]) if saved else 0.0)
     with cpu_threads(dev):
         seed_everything(config.seed)
         if dev.type == "cuda":
@@ -350,7 +486,10 @@ def train(
         generator = torch.Generator(device=dev).manual_seed(config.seed)
         num_classes = data.num_classes
 
-        mean, std = channel_stats(data.x_train, seed=config.seed)
+        if saved:
+            mean, std = list(saved["mean"]), list(saved["std"])
+        else:
+            mean, std = channel_stats(data.x_train, seed=config.seed)
         x_train, y_train = to_device_tensor(data.x_train, dev), torch.as_tensor(np.array(data.y_train), device=dev)
         x_val, y_val = to_device_tensor(data.x_val, dev), torch.as_tensor(np.array(data.y_val), device=dev)
         y_train, y_val = y_train.long(), y_val.long()
@@ -360,74 +499,135 @@ def train(
             height=data.height, width=data.width, mean=mean, std=std,
         ).to(dev, memory_format=torch.channels_last)
         optimizer = make_optimizer(model, config)
-        batch_size = min(config.batch_size, len(x_train))
-        per_epoch = steps_per_epoch(len(x_train), batch_size)
+        micro = MicroBatching(batch_size=min(config.batch_size, len(x_train)))
+        per_epoch = steps_per_epoch(len(x_train), micro.batch_size)
         total_steps = per_epoch * config.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total_steps))
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-        step = 0  # optimizer steps so far
-        samples_done = 0  # training images seen in finished epochs
-        train_time = 0.0  # seconds spent in finished epochs' training steps (evaluation excluded)
+        at = _Position(stats=RunningStats(dev), lr=config.lr)
+        if saved:
+            _restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
+                     micro=micro, at=at, seed=config.seed)
+            del saved  # the weights now live in the model and optimizer
+        eval_batch = max(1, min(EVAL_BATCH, len(x_val)))  # the real size: an out-of-memory notice names it
         last_event = -math.inf  # the first step event goes out at once: the page shows life early
-        history: list[dict[str, Any]] = []
-        epoch, epoch_start = 0, started
-        lr = config.lr  # the rate the latest step used
 
         def emit(event: ProgressEvent) -> None:
             for callback in callbacks:
                 callback(event)
 
-        def on_step(stats: RunningStats) -> None:
-            nonlocal step, last_event, lr
-            step += 1
-            lr = optimizer.param_groups[0]["lr"]
+        def save() -> None:
+            write_checkpoint(checkpoint_path, _checkpoint(
+                config=config, data=data, fingerprint=fingerprint, mean=mean, std=std, model=model,
+                optimizer=optimizer, scheduler=scheduler, generator=generator, micro=micro, at=at,
+                total_steps=total_steps, elapsed_s=time.monotonic() - started,
+            ))
+
+        def on_step(stats: RunningStats, lr: float) -> None:
+            nonlocal last_event
+            at.step += 1
+            at.position += 1
+            at.lr = lr
+            at.generator_state = generator.get_state()  # a resume draws the next batch from here
             now = time.monotonic()
             if now - last_event < progress_interval:
                 return
             last_event = now
             loss, acc = stats.means()  # the only sync between epoch ends
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=at.epoch + 1, step=at.step)
             emit(ProgressEvent(
-                kind="step", epoch=epoch, epochs=config.epochs, step=step, total_steps=total_steps,
-                train_loss=loss, train_acc=acc, val_loss=None, val_acc=None,
-                lr=lr,
-                samples_per_s=(samples_done + stats.count) / max(train_time + now - epoch_start, 1e-9),
+                kind="step", epoch=at.epoch + 1, epochs=config.epochs, step=at.step, total_steps=total_steps,
+                train_loss=loss, train_acc=acc, val_loss=None, val_acc=None, lr=lr,
+                samples_per_s=(at.samples_done + stats.count) / max(at.train_time(now), 1e-9),
                 elapsed_s=now - started,
             ))
 
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.monotonic()
-            batches = iterate_batches(x_train, y_train, batch_size=batch_size, generator=generator, augment=config.augment)
-            stats = train_one_epoch(
-                model, batches, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
-                precision=precision, on_step=on_step,
-            )
-            train_loss, train_acc = stats.means()  # syncs: the epoch's steps are done
-            check_finite(train_loss, epoch=epoch, step=step)
-            train_time += time.monotonic() - epoch_start
-            samples_done += stats.count
-            val = evaluate(model, x_val, y_val, num_classes=num_classes, criterion=criterion, precision=precision)
+        def notice(message: str) -> None:
             now = time.monotonic()
-            event = ProgressEvent(
-                kind="epoch", epoch=epoch, epochs=config.epochs, step=step, total_steps=total_steps,
-                train_loss=train_loss, train_acc=train_acc,
-                val_loss=val[0] if val else None, val_acc=val[1] if val else None,
-                lr=lr, samples_per_s=samples_done / max(train_time, 1e-9),
-                elapsed_s=now - started,
-            )
-            history.append({k: v for k, v in asdict(event).items() if k != "kind"})
-            emit(event)
-            last_event = now
+            loss, acc = at.stats.means()
+            if at.stats.count == 0 and at.history:
+                loss, acc = at.history[-1]["train_loss"], at.history[-1]["train_acc"]
+            emit(ProgressEvent(
+                kind="notice", epoch=min(at.epoch + 1, config.epochs), epochs=config.epochs, step=at.step,
+                total_steps=total_steps, train_loss=loss, train_acc=acc, val_loss=None, val_acc=None,
+                lr=optimizer.param_groups[0]["lr"],  # the rate of the step about to be retried
+                samples_per_s=(at.samples_done + at.stats.count) / max(at.train_time(now), 1e-9),
+                elapsed_s=now - started, message=message,
+            ))
+
+        def validate() -> tuple[float, float, list[list[int]]] | None:
+            nonlocal eval_batch
+            while True:
+                try:
+                    return evaluate(model, x_val, y_val, num_classes=num_classes, criterion=criterion,
+                                    precision=precision, batch_size=eval_batch)
+                except torch.OutOfMemoryError:
+                    if eval_batch <= 1:
+                        raise
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                eval_batch //= 2
+                notice(f"Out of GPU memory evaluating batches of {eval_batch * 2}: continuing with {eval_batch}")
+
+        finished_before = at.epoch == config.epochs
+        val = None
+        try:
+            for epoch in range(at.epoch + 1, config.epochs + 1):
+                if at.position == 0:
+                    at.epoch_generator_state = generator.get_state()
+                    perm = torch.randperm(len(x_train), generator=generator, device=dev)
+                    at.generator_state = generator.get_state()
+                    at.stats = RunningStats(dev)
+                else:  # resumed inside this epoch: redraw its shuffle, then carry on from the saved step
+                    generator.set_state(at.epoch_generator_state)
+                    perm = torch.randperm(len(x_train), generator=generator, device=dev)
+                    generator.set_state(at.generator_state)
+                at.segment_start = time.monotonic()
+                batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size, generator=generator,
+                                        augment=config.augment, skip=at.position)
+                stats = train_one_epoch(
+                    model, batches, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
+                    precision=precision, stats=at.stats, micro=micro, on_step=on_step, on_notice=notice,
+                )
+                train_loss, train_acc = stats.means()  # syncs: the epoch's steps are done
+                check_finite(train_loss, epoch=epoch, step=at.step)
+                train_time, samples = at.train_time(time.monotonic()), at.samples_done + stats.count
+                val = validate()  # may emit a notice, whose callback may cancel: `at` is still mid-epoch
+                now = time.monotonic()
+                event = ProgressEvent(
+                    kind="epoch", epoch=epoch, epochs=config.epochs, step=at.step, total_steps=total_steps,
+                    train_loss=train_loss, train_acc=train_acc,
+                    val_loss=val[0] if val else None, val_acc=val[1] if val else None,
+                    lr=at.lr, samples_per_s=samples / max(train_time, 1e-9), elapsed_s=now - started,
+                )
+                # The epoch is done: move `at` to the boundary in one go, before anyone hears of it.
+                at.history.append({k: v for k, v in asdict(event).items() if k not in ("kind", "message")})
+                at.epoch, at.position, at.stats = epoch, 0, RunningStats(dev)
+                at.train_time_s, at.samples_done = train_time, samples
+                emit(event)
+                if checkpoint_path is not None:
+                    save()
+                last_event = now
+        except Cancelled as cancelled:
+            if checkpoint_path is not None:
+                try:
+                    save()  # the last complete step (or epoch): a resume loses nothing
+                except OSError as exc:
+                    # A stop must still stop; a resume then starts from the previous checkpoint.
+                    logger.warning("No checkpoint written on cancel (%s); the previous one stays", exc)
+                    cancelled.add_note(f"No checkpoint was written on cancel: {exc}")
+            raise
+        if finished_before:  # a checkpoint of a finished run (killed before its caller stored it)
+            val = validate()
 
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    final = history[-1]
+    final = at.history[-1]
     return TrainResult(
         model=model,
         config=config,
         classes=list(data.classes),
         input_spec={"height": data.height, "width": data.width, "channels": data.channels},
-        history=history,
+        history=at.history,
         metrics={
             "val_acc": final["val_acc"],
             "val_loss": final["val_loss"],
@@ -438,4 +638,76 @@ def train(
         },
         confusion=val[2] if val else [],
         device=describe_device(dev),
+        batch_size=micro.micro_batch_size,
+        accumulation=micro.accumulation,
     )
+
+
+def _checkpoint(
+    *, config: TrainConfig, data: ImageData, fingerprint: dict[str, Any], mean: list[float], std: list[float],
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator, micro: MicroBatching, at: _Position, total_steps: int, elapsed_s: float,
+) -> dict[str, Any]:
+    """The `perceptor-checkpoint/1` dict (keys documented in ml.checkpoint)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "fingerprint": fingerprint,
+        "input_spec": {"height": data.height, "width": data.width, "channels": data.channels},
+        "mean": list(mean),
+        "std": list(std),
+        "classes": list(data.classes),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(generator_state=at.generator_state, generator_device=generator.device.type,
+                           epoch_generator_state=at.epoch_generator_state),
+        "epoch": at.epoch,
+        "position": at.position,
+        "step": at.step,
+        "total_steps": total_steps,
+        "running": {"loss_sum": at.stats.loss_sum, "correct": at.stats.correct, "count": at.stats.count},
+        "history": at.history,
+        "lr": at.lr,
+        "batch_size": micro.micro_batch_size,
+        "accumulation": micro.accumulation,
+        "effective_batch_size": micro.batch_size,
+        "samples_done": at.samples_done,
+        "train_time_s": at.train_time(time.monotonic()),
+        "elapsed_s": elapsed_s,
+        "torch_version": str(torch.__version__),  # a TorchVersion object would need pickle
+    }
+
+
+def _restore(
+    saved: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, micro: MicroBatching,
+    at: _Position, seed: int,
+) -> None:
+    """Put a freshly built run where the checkpoint left it. Call after building the model: its
+    initialisation consumed the global RNG that is restored here."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        micro.accumulation = int(saved["accumulation"])  # never meet the same out-of-memory again
+        device = at.stats.loss_sum.device
+        running = saved["running"]
+        at.stats.loss_sum = running["loss_sum"].to(device)
+        at.stats.correct = running["correct"].to(device)
+        at.stats.count = int(running["count"])
+        at.epoch, at.position, at.step = int(saved["epoch"]), int(saved["position"]), int(saved["step"])
+        at.history = list(saved["history"])
+        at.samples_done, at.train_time_s = int(saved["samples_done"]), float(saved["train_time_s"])
+        at.lr = float(saved["lr"])
+        rng = saved["rng"]
+        restore_global_rng(rng)
+        if rng["generator_device"] == generator.device.type:
+            at.epoch_generator_state, at.generator_state = rng["epoch_generator"], rng["generator"]
+            generator.set_state(rng["generator"])
+        else:
+            # CPU and CUDA generators have different states: same epochs and steps, another data order.
+            generator.manual_seed(seed + 1_000_003 * (at.epoch + 1))
+            at.epoch_generator_state = at.generator_state = generator.get_state()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"The checkpoint does not fit this run ({type(exc).__name__}: {exc})") from exc
