@@ -22,7 +22,8 @@ class MetricPointInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "dataset", "arch", "status", "progress", "epoch", "device", "worker", "created_at")
+    list_display = ("id", "owner", "dataset", "arch", "status", "progress", "epoch", "attempts", "device", "worker",
+                    "heartbeat_at", "created_at")
     list_filter = ("status", "device", "created_at")
     search_fields = ("=id", "owner__username", "dataset__name", "worker", "error")
     list_select_related = ("owner", "dataset")
@@ -31,7 +32,8 @@ class JobAdmin(admin.ModelAdmin):
     # Status moves only through jobs.services (conditional updates); the admin shows, never edits it.
     readonly_fields = (
         "status", "cancel_requested", "error", "progress", "epoch", "step", "total_steps", "samples_per_s",
-        "eta_s", "device", "worker", "created_at", "started_at", "finished_at",
+        "eta_s", "device", "worker", "queue", "attempts", "max_attempts", "lease", "claimed_by", "heartbeat_at",
+        "notices", "idempotency_key", "created_at", "started_at", "finished_at",
     )
     inlines = [MetricPointInline]
 

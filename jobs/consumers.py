@@ -41,7 +41,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "progress", "job": event["job"], "point": event.get("point")})
 
     async def job_status(self, event):
-        await self.send_json({"type": "status", "job": event["job"]})
+        message = {"type": "status", "job": event["job"]}
+        if event.get("rewind_to_step") is not None:  # a resumed run: points past this step are redone
+            message["rewind_to_step"] = event["rewind_to_step"]
+        await self.send_json(message)
 
 
 def _visible_job(user, job_id) -> Job | None:

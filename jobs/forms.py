@@ -4,6 +4,8 @@ The form only parses the browser's strings into Python values and hints the rang
 the rules themselves live in ml.TrainConfig (through jobs.services.job_create), in one place.
 """
 
+import uuid
+
 from django import forms
 
 from webapp.datasets.models import Dataset
@@ -44,10 +46,16 @@ class JobForm(forms.Form):
         help_text="Your datasets that are ready (ingested).",
     )
 
+    # A one-time token made when the form is shown: sending the same form twice (a double click, a
+    # reload of the POST) finds the job the first send created instead of making another.
+    submit_token = forms.CharField(widget=forms.HiddenInput, max_length=64, required=False)
+
     def __init__(self, *args, user, **kwargs):
         from ml import HYPERPARAMETERS
 
         super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.fields["submit_token"].initial = uuid.uuid4().hex
         self.fields["dataset"].queryset = Dataset.objects.filter(owner=user, status=Dataset.Status.READY)
         self.hyperparameters = list(HYPERPARAMETERS)
         for name, param in HYPERPARAMETERS.items():

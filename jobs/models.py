@@ -28,7 +28,24 @@ class Job(models.Model):
     samples_per_s = models.FloatField(null=True, blank=True)
     eta_s = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=32, blank=True)
-    worker = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)  # the Celery node name, for people
+    # The Celery queue the job was sent to; a requeue (by any worker's reaper) sends it back there.
+    queue = models.CharField(max_length=200, blank=True)
+
+    # Fault tolerance (README "Jobs and faults"). A claim takes a new lease token; every write of a
+    # running job is conditional on it, so a worker that lost its job (declared dead, requeued,
+    # claimed elsewhere) can never write over the new holder. `claimed_by` is "host:pid", which
+    # lets a worker on the same host see at once that the holder is dead; elsewhere the heartbeat
+    # going stale says so.
+    attempts = models.PositiveSmallIntegerField(default=0)  # claims so far, counted at claim
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    lease = models.CharField(max_length=32, blank=True)
+    claimed_by = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    notices = models.JSONField(default=list, blank=True)  # [{"at", "epoch", "step", "message"}]
+    # A client's one-time key (the new-job form's token, the API's Idempotency-Key header):
+    # submitting it twice returns the first job instead of creating a second.
+    idempotency_key = models.CharField(max_length=64, null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -36,6 +53,9 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="job_unique_idempotency_key_per_owner"),
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.pk} ({self.config.get('arch', '?')} on {self.dataset_id})"

@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import socket
 import threading
 import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 from jobs import events
 from jobs.models import Job, MetricPoint
-from jobs.selectors import job_list_for_user  # noqa: F401 - re-exported for callers of services
+from jobs.selectors import job_list_for_user, job_queue_estimate  # noqa: F401 - re-exported for callers
 from webapp.datasets.models import Dataset
 from webapp.ownership import owned_by
 
@@ -39,6 +46,7 @@ POINT_INTERVAL_S = 0.5
 # How often the training callback re-reads Job.cancel_requested (one small query).
 CANCEL_POLL_S = 1.0
 ERROR_MAX_CHARS = 2000
+NOTICES_MAX = 50  # a job's notices list stays small whatever happens to it
 
 
 class JobStateError(Exception):
@@ -52,13 +60,26 @@ class TrainingDiverged(Exception):
 # --- Creating ----------------------------------------------------------------------------------
 
 
-def job_create(*, user, dataset: Dataset, config: dict) -> Job:
+def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | None = None) -> Job:
     """Validate and save a queued job, and hand it to a worker once the transaction commits.
 
+    With an `idempotency_key` that this user already used, nothing is created or queued: the job
+    made by the first use is returned (check `job.created_now`), so a double submit makes one job.
     Raises ValidationError({field: [message]}): `dataset` when it is not the user's (or staff's) or
-    not ready; a hyperparameter's name when ml.TrainConfig refuses it.
+    not ready; a hyperparameter's name when ml.TrainConfig refuses it; `idempotency_key` when longer
+    than 64 characters.
     """
     import ml
+
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip() or None
+    if idempotency_key is not None:
+        if len(idempotency_key) > 64:
+            raise ValidationError({"idempotency_key": ["An idempotency key has at most 64 characters."]})
+        existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            existing.created_now = False
+            return existing
 
     current = owned_by(Dataset.objects.all(), user).filter(pk=dataset.pk).first()
     if current is None:
@@ -72,18 +93,34 @@ def job_create(*, user, dataset: Dataset, config: dict) -> Job:
     except ml.ConfigError as exc:
         raise ValidationError({exc.field: [exc.message]}) from None
 
-    with transaction.atomic():
-        job = Job.objects.create(owner=user, dataset=current, config=train_config.to_dict())
-        transaction.on_commit(lambda: _enqueue(job.id))
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(owner=user, dataset=current, config=train_config.to_dict(),
+                                     idempotency_key=idempotency_key, queue=_default_queue())
+            transaction.on_commit(lambda: _enqueue(job.id, job.queue))
+    except IntegrityError:
+        # Two submits with one key raced past the lookup above: the unique constraint let one in.
+        existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+        if idempotency_key is None or existing is None:
+            raise
+        existing.created_now = False
+        return existing
     logger.info("Job %s queued by %s on dataset %s", job.id, user, current.pk)
+    job.created_now = True
     return job
 
 
-def _enqueue(job_id: int) -> None:
+def _default_queue() -> str:
+    from webapp.celery import app
+
+    return app.conf.task_default_queue or ""
+
+
+def _enqueue(job_id: int, queue: str = "") -> None:
     from jobs.tasks import run_job
 
     try:
-        run_job.delay(job_id)
+        run_job.apply_async((job_id,), queue=queue or None)
     except Exception:
         # The job row is committed but no worker will ever hear of it: say so on the job rather
         # than leave it queued forever (and rather than a 500 on a page that did its work).
@@ -115,65 +152,304 @@ def _worker_name() -> str:
     return getattr(request, "hostname", None) or socket.gethostname()
 
 
+# --- Leases, heartbeats, the reaper (README "Jobs and faults") -------------------------------------
+
+
+def heartbeat_s() -> float:
+    """How often a running job's heartbeat is written."""
+    return float(settings.JOB_HEARTBEAT_S)
+
+
+def stale_after_s() -> float:
+    """A running job whose heartbeat is older than this is presumed dead (its worker is gone)."""
+    return float(settings.JOB_STALE_AFTER_S)
+
+
+def dead_job_limit_s() -> float:
+    """The longest a dead job can show "running": stale, plus up to one reaper round to notice."""
+    return stale_after_s() + float(settings.JOB_REAP_EVERY_S)
+
+
+def _holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_is_dead(job: Job, *, at) -> bool:
+    """Is the process holding this running job's lease gone? Its heartbeat is stale, or it ran on
+    this host and its pid no longer exists (known at once, without waiting for staleness)."""
+    if job.heartbeat_at is None or job.heartbeat_at < at - timedelta(seconds=stale_after_s()):
+        return True
+    host, _, pid = job.claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # that is us: the lease is being renewed by this very process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, as another user
+    return False
+
+
+def job_checkpoint_path(job_id: int) -> Path:
+    """MEDIA_ROOT/jobs/<id>/checkpoint.pt: written by ml.train every epoch and on cancel."""
+    return Path(default_storage.path(f"jobs/{job_id}/checkpoint.pt"))
+
+
+def job_has_checkpoint(job: Job) -> bool:
+    return job_checkpoint_path(job.id).is_file()
+
+
+def _poison_error(job: Job) -> str:
+    return (f"The worker running this job stopped {job.attempts} times before the job finished (killed, "
+            f"out of memory, or crashed), so it was not started again (at most {job.max_attempts} attempts). "
+            "Check the worker's log; then Retry, or Clone it with a smaller batch size.")
+
+
+def _claim(job_id: int, device_label: str) -> Job | None:
+    """Take the job for this process: a queued one, or a running one whose holder is dead (a task
+    delivered again after its worker was killed). Counts the attempt; a job out of attempts fails
+    instead. Returns the job holding its new lease, or None when there is nothing to run."""
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        logger.info("Job %s not run: it no longer exists", job_id)
+        return None
+    if job.status == Job.Status.RUNNING:
+        if not _holder_is_dead(job, at=now()):
+            logger.info("Job %s not run: it is running on %s with a live heartbeat", job_id, job.claimed_by)
+            return None
+        logger.warning("Job %s: taking over from %s, which stopped (attempt %s ended)", job_id, job.claimed_by, job.attempts)
+    elif job.status != Job.Status.QUEUED:
+        logger.info("Job %s not run: it has already %s", job_id, job.status)
+        return None
+    if job.cancel_requested:
+        _finish(job.id, from_status=job.status, lease=job.lease, status=Job.Status.CANCELLED)
+        return None
+    if job.attempts >= job.max_attempts:
+        _finish(job.id, from_status=job.status, lease=job.lease, status=Job.Status.FAILED, error=_poison_error(job))
+        return None
+    token = uuid.uuid4().hex
+    claimed = Job.objects.filter(id=job_id, status=job.status, lease=job.lease, attempts=job.attempts).update(
+        status=Job.Status.RUNNING, lease=token, claimed_by=_holder_id()[:255], attempts=F("attempts") + 1,
+        heartbeat_at=now(), started_at=Coalesce(F("started_at"), now()), worker=_worker_name()[:255],
+        device=device_label, error="",
+    )
+    if claimed != 1:
+        logger.info("Job %s not run: another worker claimed it first", job_id)
+        return None
+    return Job.objects.select_related("dataset", "owner").get(id=job_id)
+
+
+def job_reap(*, worker: str | None = None, started_at=None) -> int:
+    """Requeue (or fail, past max_attempts; or cancel, when asked to) the running jobs whose holder
+    is dead: a stale heartbeat, or a pid on this host that no longer exists. With `worker` and
+    `started_at`, a worker that has just started: what runs under its name with no heartbeat since
+    it started was left by its previous life. Every worker runs this periodically (jobs.tasks), so
+    a dead job never shows "running" for longer than dead_job_limit_s(). Returns how many jobs it
+    took back."""
+    at = now()
+    started_at = started_at or at
+    stale = at - timedelta(seconds=stale_after_s())
+    suspects = Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True) | Q(claimed_by__startswith=f"{socket.gethostname()}:")
+    if worker:
+        suspects |= Q(worker=worker)
+    reaped = 0
+    for job in Job.objects.filter(suspects, status=Job.Status.RUNNING):
+        left_behind = worker and job.worker == worker and (job.heartbeat_at is None or job.heartbeat_at < started_at)
+        if left_behind or _holder_is_dead(job, at=at):
+            reaped += _take_back(job)
+    return reaped
+
+
+def _take_back(job: Job) -> int:
+    if job.cancel_requested:
+        return int(_finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.CANCELLED))
+    if job.attempts >= job.max_attempts:
+        return int(_finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
+                           error=_poison_error(job)))
+    with transaction.atomic():
+        requeued = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease).update(
+            status=Job.Status.QUEUED, lease="", claimed_by="", heartbeat_at=None
+        )
+        if requeued:
+            transaction.on_commit(lambda: _enqueue(job.id, job.queue))
+    if requeued:
+        logger.warning("Job %s: its worker %s stopped (heartbeat %s); queued again, attempt %s of %s done",
+                       job.id, job.claimed_by or job.worker, job.heartbeat_at, job.attempts, job.max_attempts)
+        _push_status(job.id)
+    return requeued
+
+
+class _Heartbeat:
+    """A thread that renews the job's heartbeat every heartbeat_s() while it trains. A thread, not
+    the training callback: validation or loading a large dataset can take longer than the stale
+    limit without a single progress event. If the lease is gone (reaped and claimed elsewhere, or
+    deleted), `lost` is set and the training callback stops training."""
+
+    def __init__(self, job: Job) -> None:
+        self.job_id, self.lease = job.id, job.lease
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"job-{job.id}-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(heartbeat_s()):
+                try:
+                    beat = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, lease=self.lease).update(
+                        heartbeat_at=now())
+                except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
+                    logger.exception("Job %s: could not write the heartbeat", self.job_id)
+                    continue
+                if not beat:
+                    self.lost = True
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+
+# --- Running -----------------------------------------------------------------------------------
+
+
 def job_run(*, job_id: int) -> None:
-    """Claim a queued job, train it, register the model and finish. Never raises for a job's own
-    failure: a worker must survive any dataset or config a user can throw at it."""
+    """Claim a job, train it (resuming from its checkpoint when it has one), register the model and
+    finish. Never raises for a job's own failure: a worker must survive any dataset or config a user
+    can throw at it. Safe to deliver twice: the lease lets only one process run the job."""
     import ml
 
     try:
         device, device_label = train_device()
     except Exception as exc:  # noqa: BLE001 - a bad PERCEPTOR_DEVICE: fail the job, say why
         device, device_label, device_error = None, "", exc
-    claimed = Job.objects.filter(id=job_id, status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING, started_at=now(), worker=_worker_name()[:255], device=device_label
-    )
-    if claimed != 1:
-        logger.info("Job %s not run: it is no longer queued (cancelled, or claimed by another worker)", job_id)
+    job = _claim(job_id, device_label)
+    if job is None:
         return
-    job = Job.objects.select_related("dataset", "owner").get(id=job_id)
-    events.push_job_event(job.id, events.STATUS, {"job": job_snapshot(job)})
-    logger.info("Job %s running on %s (%s)", job.id, job.worker, device_label)
+    _push_status(job.id)
+    logger.info("Job %s running on %s (%s), attempt %s of %s", job.id, job.worker, device_label, job.attempts,
+                job.max_attempts)
 
     if device is None:
         logger.error("Job %s: cannot use PERCEPTOR_DEVICE=%r: %s", job.id, settings.TRAIN_DEVICE, device_error)
-        _finish(job.id, from_status=Job.Status.RUNNING, status=Job.Status.FAILED,
+        _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
                 error=f"This worker is misconfigured (PERCEPTOR_DEVICE={settings.TRAIN_DEVICE!r}: {device_error}). "
                       "Tell the administrator.")
         return
-    callback = _TrainingCallback(job)
-    try:
-        config = ml.TrainConfig.from_dict(job.config)
-        data = ml.load_image_dataset(default_storage.path(job.dataset.storage_dir))
-        callback.started = time.monotonic()
-        result = ml.train(config, data, callbacks=[callback], device=device)
-        callback.log_cost()
-        from webapp.registry.services import model_register
+    checkpoint = job_checkpoint_path(job.id)
+    from webapp.registry.models import TrainedModel
 
-        model = model_register(job=job, result=result)
-    except ml.Cancelled:
-        callback.log_cost()
-        logger.info("Job %s cancelled while training", job.id)
-        _finish(job.id, from_status=Job.Status.RUNNING, status=Job.Status.CANCELLED)
-    except Exception as exc:  # noqa: BLE001 - any failure of a job is the job's, not the worker's
-        logger.exception("Job %s failed", job.id)
-        _finish(job.id, from_status=Job.Status.RUNNING, status=Job.Status.FAILED, error=_describe_failure(exc))
-    else:
-        if not _finish(job.id, from_status=Job.Status.RUNNING, status=Job.Status.SUCCEEDED, progress=1.0, eta_s=0.0):
+    if TrainedModel.objects.filter(job_id=job.id).exists():
+        # The previous attempt stored the model and died before it could say so: the job is done.
+        logger.warning("Job %s: its model was stored by the previous attempt; finishing it", job.id)
+        if _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
+                   progress=1.0, eta_s=0.0):
+            shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        return
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _Heartbeat(job) as heartbeat:
+            callback = _TrainingCallback(job, heartbeat)
+            try:
+                config = ml.TrainConfig.from_dict(job.config)
+                data = ml.load_image_dataset(default_storage.path(job.dataset.storage_dir))
+                _prepare_resume(job, checkpoint)
+                callback.started = time.monotonic()
+                try:
+                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint)
+                except ml.CheckpointError as exc:
+                    # A checkpoint from other code or settings, or a torn file: start again from scratch.
+                    logger.warning("Job %s: checkpoint not usable (%s); training from the start", job.id, exc)
+                    checkpoint.unlink(missing_ok=True)
+                    _prepare_resume(job, checkpoint, note=f"The checkpoint could not be used ({exc}); training "
+                                                          "started again from the first epoch.")
+                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint)
+                callback.log_cost()
+                from webapp.registry.services import model_register
+
+                model = model_register(job=job, result=result)
+            except ml.Cancelled:
+                callback.log_cost()
+                if heartbeat.lost:
+                    logger.warning("Job %s: stopped training, this worker no longer holds it", job.id)
+                    return
+                logger.info("Job %s cancelled while training (checkpoint kept for Resume)", job.id)
+                _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.CANCELLED)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure of a job is the job's, not the worker's
+                logger.exception("Job %s failed", job.id)
+                _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
+                        error=_describe_failure(exc))
+                return
+        if _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
+                   progress=1.0, eta_s=0.0):
+            shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the model is stored; free the disk
+        else:
             logger.warning("Job %s trained model %s but was no longer running when it finished", job.id, model.pk)
     finally:
         _throttle.forget(job.id)
 
 
-def job_fail_orphans(*, worker: str) -> int:
-    """Fail the jobs still marked as running on `worker`, a worker that has just started. Returns
-    how many. (Their Celery tasks may be delivered again, and then find them finished.)"""
-    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker=worker).values_list("id", flat=True))
-    for job_id in orphans:
-        logger.warning("Job %s was left running by a previous run of worker %s", job_id, worker)
-        _finish(job_id, from_status=Job.Status.RUNNING, status=Job.Status.FAILED,
-                error="The worker running this job stopped before it finished (restarted, killed or out of "
-                      "memory). Start the job again.")
-    return len(orphans)
+def _prepare_resume(job: Job, checkpoint: Path, *, note: str = "") -> None:
+    """Make the stored curve agree with where training starts: the checkpoint's step, or nothing.
+    Points past it are deleted (training repeats those steps and reports them again), so no epoch
+    or step is ever stored twice."""
+    import ml
+
+    info = None
+    if checkpoint.is_file():
+        try:
+            info = ml.read_checkpoint_info(checkpoint)
+        except Exception:  # noqa: BLE001 - unreadable: ml.train decides, and says CheckpointError
+            logger.exception("Job %s: cannot read checkpoint %s", job.id, checkpoint)
+    step = int(info["step"]) if info else 0
+    total = int(info.get("total_steps") or 0) if info else 0
+    fields = {"step": step, "epoch": int(info["epoch"]) if info else 0,
+              "progress": min(1.0, step / total) if total else 0.0, "eta_s": None}
+    with transaction.atomic():
+        dropped, _ = MetricPoint.objects.filter(job=job, step__gt=step).delete()
+        Job.objects.filter(id=job.id, lease=job.lease).update(**fields)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    if dropped:  # pages drop the points they drew past this step: training repeats those steps
+        _push_status(job.id, rewind_to_step=step)
+    if info:
+        job_add_notice(job=job, message=f"Resumed from the checkpoint of epoch {fields['epoch']} (step {step}), "
+                                        f"attempt {job.attempts} of {job.max_attempts}.", epoch=fields["epoch"], step=step)
+    if note:
+        job_add_notice(job=job, message=note, epoch=0, step=0)
+
+
+def job_add_notice(*, job: Job, message: str, epoch: int = 0, step: int = 0) -> None:
+    """Record something the user should know about a run (resumed, batch size halved after the GPU
+    ran out of memory) on the job, and push it. Only the lease holder writes, so read-modify-write
+    is safe."""
+    notice = {"at": now().isoformat(timespec="seconds"), "epoch": epoch, "step": step, "message": message[:500]}
+    with transaction.atomic():
+        current = Job.objects.select_for_update().filter(id=job.id).values_list("notices", flat=True).first()
+        if current is None:
+            return
+        notices = [*current, notice][-NOTICES_MAX:]
+        Job.objects.filter(id=job.id).update(notices=notices)
+    job.notices = notices
+    logger.info("Job %s: %s", job.id, message)
+    _push_status(job.id)
+
+
+def job_requeue_orphans(*, worker: str, started_at=None) -> int:
+    """A worker that has just started (at `started_at`) is running nothing it took before then:
+    jobs still marked as running under its name were left by its previous life (killed, out of
+    memory, machine restarted). Queue them again (they resume from their checkpoints), or fail those
+    out of attempts."""
+    return job_reap(worker=worker, started_at=started_at)
 
 
 class _TrainingCallback:
@@ -183,8 +459,9 @@ class _TrainingCallback:
     log_cost() reports it (bench/overhead.py reads that line).
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, heartbeat: _Heartbeat | None = None) -> None:
         self.job = job
+        self.heartbeat = heartbeat
         self.next_cancel_check = time.monotonic() + CANCEL_POLL_S
         self.started: float | None = None
         self.calls = 0
@@ -201,6 +478,12 @@ class _TrainingCallback:
     def _handle(self, event: ProgressEvent) -> None:
         import ml
 
+        if self.heartbeat is not None and self.heartbeat.lost:
+            raise ml.Cancelled(f"Job {self.job.id} is no longer held by this worker")
+        if event.kind == "notice":
+            job_add_notice(job=self.job, message=getattr(event, "message", "") or "Training settings changed.",
+                           epoch=event.epoch, step=event.step)
+            return
         if not job_record_progress(job=self.job, event=event):
             raise ml.Cancelled(f"Job {self.job.id} is no longer running")
         clock = time.monotonic()
@@ -239,16 +522,24 @@ def _describe_failure(exc: BaseException) -> str:
     return message[:ERROR_MAX_CHARS]
 
 
-def _finish(job_id: int, *, from_status: str, status: str, error: str = "", **fields: Any) -> bool:
-    """The conditional transition out of `from_status`; pushes the new status when it happened."""
-    changed = Job.objects.filter(id=job_id, status=from_status).update(
-        status=status, error=error, finished_at=now(), **fields
-    )
+def _finish(job_id: int, *, from_status: str, status: str, error: str = "", lease: str | None = None,
+            **fields: Any) -> bool:
+    """The conditional transition out of `from_status` (and, from a worker, only while it holds
+    `lease`); pushes the new status when it happened."""
+    current = Job.objects.filter(id=job_id, status=from_status)
+    if lease is not None:
+        current = current.filter(lease=lease)
+    changed = current.update(status=status, error=error, finished_at=now(), **fields)
     if changed:
-        job = Job.objects.get(id=job_id)
         logger.info("Job %s %s%s", job_id, status, f": {error}" if error else "")
-        events.push_job_event(job_id, events.STATUS, {"job": job_snapshot(job)})
+        _push_status(job_id)
     return bool(changed)
+
+
+def _push_status(job_id: int, **extra: Any) -> None:
+    job = Job.objects.filter(id=job_id).first()
+    if job is not None:
+        events.push_job_event(job_id, events.STATUS, {"job": job_snapshot(job), **extra})
 
 
 # --- Progress ----------------------------------------------------------------------------------
@@ -315,7 +606,7 @@ def job_record_progress(*, job: Job, event: ProgressEvent) -> bool:
         "samples_per_s": _finite_or_none(event.samples_per_s),
         "eta_s": _eta(event),
     }
-    running = Job.objects.filter(id=job.id, status=Job.Status.RUNNING)
+    running = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
     point = None
     if store:
         with transaction.atomic():  # the row and its point together
@@ -385,6 +676,52 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
+# --- Resume, retry, clone -----------------------------------------------------------------------
+
+RESTARTABLE = (Job.Status.CANCELLED, Job.Status.FAILED)
+
+
+def job_resume(*, job: Job) -> Job:
+    """Queue a cancelled or failed job again; it continues from its checkpoint with fresh attempts.
+    Raises JobStateError when the job is not stopped or has no checkpoint."""
+    if job.status in RESTARTABLE and not job_has_checkpoint(job):
+        raise JobStateError(f"Job {job.id} has no checkpoint to resume from (it stopped before saving one): "
+                            "use Retry to train it from the start.")
+    return _requeue_finished(job, verb="resumed", reset=False)
+
+
+def job_retry(*, job: Job) -> Job:
+    """Queue a cancelled or failed job again from scratch: its checkpoint and curve are discarded."""
+    return _requeue_finished(job, verb="retried", reset=True)
+
+
+def _requeue_finished(job: Job, *, verb: str, reset: bool) -> Job:
+    fields: dict[str, Any] = {"status": Job.Status.QUEUED, "cancel_requested": False, "error": "", "finished_at": None,
+                              "attempts": 0, "lease": "", "claimed_by": "", "heartbeat_at": None, "eta_s": None}
+    if reset:
+        fields.update(progress=0.0, epoch=0, step=0, total_steps=0, samples_per_s=None, notices=[], started_at=None)
+    with transaction.atomic():
+        changed = Job.objects.filter(id=job.id, status__in=RESTARTABLE).update(**fields)
+        if changed:
+            if reset:
+                MetricPoint.objects.filter(job_id=job.id).delete()
+                shutil.rmtree(job_checkpoint_path(job.id).parent, ignore_errors=True)
+            queue = Job.objects.filter(id=job.id).values_list("queue", flat=True).first() or ""
+            transaction.on_commit(lambda: _enqueue(job.id, queue))
+    job.refresh_from_db()
+    if not changed:
+        raise JobStateError(f"Job {job.id} cannot be {verb}: it is {job.get_status_display().lower()}"
+                            f"{'' if job.status == Job.Status.SUCCEEDED else ' (cancel it first)'}.")
+    logger.info("Job %s %s", job.id, verb)
+    _push_status(job.id)
+    return job
+
+
+def job_clone(*, user, job: Job, changes: dict, idempotency_key: str | None = None) -> Job:
+    """A new job on the same dataset with the same hyperparameters but `changes`."""
+    return job_create(user=user, dataset=job.dataset, config={**job.config, **changes}, idempotency_key=idempotency_key)
+
+
 # --- Shapes (docs/architecture.md): the page, the consumer and the API all use these -------------
 
 
@@ -408,6 +745,12 @@ def job_snapshot(job: Job) -> dict:
         "error": job.error,
         "model_id": model_id,
         "cancel_requested": job.cancel_requested,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        "notices": job.notices,
+        "can_resume": job.status in RESTARTABLE and job_has_checkpoint(job),
+        **job_queue_estimate(job=job),
     }
 
 

@@ -9,4 +9,6 @@ urlpatterns = [
     path("workers/", views.workers, name="workers"),
     path("<int:pk>/", views.job_detail, name="detail"),
     path("<int:pk>/cancel/", views.job_cancel_view, name="cancel"),
+    path("<int:pk>/resume/", views.job_resume_view, name="resume"),
+    path("<int:pk>/retry/", views.job_retry_view, name="retry"),
 ]

@@ -12,9 +12,17 @@ from django.views.decorators.http import require_POST
 
 from jobs.forms import JobForm
 from jobs.models import Job
-from jobs.selectors import job_list_for_user
-from jobs.services import JobStateError, job_cancel, job_create, job_snapshot
-from jobs.workers import INSPECT_TIMEOUT_S, worker_list
+from jobs.selectors import job_list_for_user, job_queue_positions
+from jobs.services import (
+    JobStateError,
+    dead_job_limit_s,
+    job_cancel,
+    job_create,
+    job_resume,
+    job_retry,
+    job_snapshot,
+)
+from jobs.workers import INSPECT_TIMEOUT_S, worker_list, workers_with_jobs
 from webapp.datasets.models import Dataset
 from webapp.ownership import get_owned_or_404
 
@@ -31,26 +39,47 @@ def _get_job_for_user(request, pk) -> Job:
 def job_list(request):
     page = Paginator(job_list_for_user(user=request.user), PAGE_SIZE).get_page(request.GET.get("page"))
     has_ready = Dataset.objects.filter(owner=request.user, status=Dataset.Status.READY).exists()
+    positions = job_queue_positions()
+    for job in page.object_list:
+        job.queue_position = positions.get(job.pk)
     return render(request, "jobs/list.html", {"page": page, "jobs": page.object_list, "has_ready_dataset": has_ready})
 
 
 @login_required
 def job_new(request):
     status = 200
+    source = None
     if request.method == "POST":
         form = JobForm(request.POST, user=request.user)
         if form.is_valid():
             try:
-                job = job_create(user=request.user, dataset=form.cleaned_data["dataset"], config=form.config())
+                job = job_create(user=request.user, dataset=form.cleaned_data["dataset"], config=form.config(),
+                                 idempotency_key=form.cleaned_data["submit_token"])
             except ValidationError as exc:
                 _add_errors(form, exc)
             else:
-                messages.success(request, f"Job {job.pk} is queued: it starts as soon as a worker is free.")
+                if job.created_now:
+                    messages.success(request, f"Job {job.pk} is queued: it starts as soon as a worker is free.")
+                else:  # the same form sent twice (a double click, a reload): still one job
+                    messages.info(request, f"This form was already submitted: here is job {job.pk}.")
                 return redirect("jobs:detail", pk=job.pk)
         status = 400
     else:
-        form = JobForm(user=request.user, initial=_initial_dataset(request))
-    return render(request, "jobs/new.html", {"form": form}, status=status)
+        source = _clone_source(request)
+        initial = {**source.config, "dataset": source.dataset_id} if source else _initial_dataset(request)
+        form = JobForm(user=request.user, initial=initial)
+    return render(request, "jobs/new.html", {"form": form, "source": source}, status=status)
+
+
+def _clone_source(request) -> Job | None:
+    """?clone=<id>: the form starts from that job's dataset and hyperparameters."""
+    wanted = request.GET.get("clone")
+    if not wanted:
+        return None
+    job = job_list_for_user(user=request.user).filter(pk=wanted if wanted.isdigit() else None).first()
+    if job is None:
+        messages.warning(request, "That job was not found among yours, so the form starts from the defaults.")
+    return job
 
 
 def _initial_dataset(request) -> dict:
@@ -100,6 +129,26 @@ def job_cancel_view(request, pk):
     return redirect("jobs:detail", pk=job.pk)
 
 
+def _restart_view(service, done: str):
+    @login_required
+    @require_POST
+    def view(request, pk):
+        job = _get_job_for_user(request, pk)
+        try:
+            job = service(job=job)
+        except JobStateError as exc:
+            messages.error(request, str(exc))
+            return render(request, "jobs/detail.html", _detail_context(job), status=409)
+        messages.success(request, f"Job {job.pk} is queued again: {done}.")
+        return redirect("jobs:detail", pk=job.pk)
+
+    return view
+
+
+job_resume_view = _restart_view(job_resume, "it continues from its last checkpoint")
+job_retry_view = _restart_view(job_retry, "it trains from the first epoch")
+
+
 @login_required
 def workers(request):
     error = ""
@@ -108,9 +157,12 @@ def workers(request):
     except Exception:  # noqa: BLE001 - a broker outage is a message on this page, not a 500
         logger.exception("Could not ask the workers")
         found, error = [], "The job queue (Redis) could not be reached, so no worker could be asked."
+    found = workers_with_jobs(found)
     visible = set(
         job_list_for_user(user=request.user).filter(pk__in=[i for w in found for i in w.job_ids]).values_list("pk", flat=True)
     )
     return render(
-        request, "jobs/workers.html", {"workers": found, "visible_job_ids": visible, "error": error, "timeout": INSPECT_TIMEOUT_S}
+        request, "jobs/workers.html",
+        {"workers": found, "visible_job_ids": visible, "error": error, "timeout": INSPECT_TIMEOUT_S,
+         "dead_job_limit_s": int(dead_job_limit_s())},
     )

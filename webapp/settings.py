@@ -153,7 +153,27 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one job at a time per worker (one worker per GPU)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A training task stays unacknowledged for the whole run (acks_late). Redis hands an unacknowledged
+# message to another worker once visibility_timeout has passed; a copy delivered early is harmless
+# (the job's lease in the database lets only one process run it) but wasteful, so this is longer
+# than a training run. Recovery from a dead worker does not wait for it: the reaper requeues the job
+# once its heartbeat is stale (README "Jobs and faults"). The same value for the result backend, so
+# the two can never disagree (results are not stored today).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
+# When the worker loses Redis, keep training: the job's state is in the database and its lease stops
+# a second copy from running if the message comes back. (True would kill hours of training for a
+# Redis blip; Celery 6 makes True the default, hence set explicitly.)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Job heartbeats and the reaper (seconds). A dead job shows "running" at most
+# JOB_STALE_AFTER_S + JOB_REAP_EVERY_S (40 s by default); on the same host a dead pid is seen at once.
+JOB_HEARTBEAT_S = envint("PERCEPTOR_HEARTBEAT_S", 5)
+JOB_STALE_AFTER_S = envint("PERCEPTOR_STALE_AFTER_S", 30)
+JOB_REAP_EVERY_S = envint("PERCEPTOR_REAP_EVERY_S", 10)
+if not 0 < JOB_HEARTBEAT_S * 2 <= JOB_STALE_AFTER_S:
+    raise ImproperlyConfigured("PERCEPTOR_STALE_AFTER_S must be at least twice PERCEPTOR_HEARTBEAT_S (and both above 0)")
+if JOB_REAP_EVERY_S <= 0:
+    raise ImproperlyConfigured(f"Unexpected value PERCEPTOR_REAP_EVERY_S={JOB_REAP_EVERY_S}, use a number of seconds above 0")
 
 CHANNEL_LAYER = os.getenv("CHANNEL_LAYER", "redis")
 if CHANNEL_LAYER == "redis":
@@ -166,6 +186,11 @@ if CHANNEL_LAYER == "redis":
                 # (django/channels_redis#422). Longer than the pop, still notices a dead Redis.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": os.getenv("CHANNEL_PREFIX", "perceptor"),
+                # A slow websocket client cannot make memory grow: each consumer's channel holds at
+                # most `capacity` messages (more are dropped, the page repairs itself from the
+                # history on reconnect) and undelivered ones expire after `expiry` seconds.
+                "capacity": 100,
+                "expiry": 60,
             },
         }
     }

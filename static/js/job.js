@@ -51,12 +51,21 @@
     el("job-progress").value = progress;
     const parts = [Math.floor(progress * 100) + " %"];
     if (job.status === "running" && job.eta_s != null) parts.push(duration(job.eta_s) + " left");
-    if (job.status === "queued") parts.push("waiting for a worker");
+    if (job.status === "queued") {
+      let waiting = job.queue_position ? "#" + job.queue_position + " in the queue" : "waiting for a worker";
+      if (job.starts_in_s != null) waiting += ", starts in about " + duration(job.starts_in_s);
+      parts.push(waiting);
+    }
     el("job-progress-text").textContent = parts.join(" · ");
 
     el("job-epoch").textContent = job.epoch + " / " + (job.epochs || "?");
     el("job-speed").textContent = job.samples_per_s ? number.format(job.samples_per_s) : "—";
     el("job-device").textContent = job.device || "—";
+    el("job-attempts").textContent = job.attempts + " / " + job.max_attempts;
+    el("job-queue").textContent = job.queue_position ? "#" + job.queue_position : "—";
+    renderNotices(job.notices || []);
+    el("job-resume-form").hidden = !job.can_resume;
+    el("job-retry-form").hidden = !(job.status === "cancelled" || job.status === "failed");
 
     const error = el("job-error");
     error.hidden = !job.error;
@@ -79,6 +88,22 @@
     }
     PerceptorCharts.setXMax(lossChart, job.epochs);
     PerceptorCharts.setXMax(accChart, job.epochs);
+  }
+
+  // Notices: resumes after a crash, a batch size halved after the GPU ran out of memory.
+  function renderNotices(notices) {
+    const list = el("job-notices");
+    list.hidden = notices.length === 0;
+    list.replaceChildren(
+      ...notices.map((n) => {
+        const item = document.createElement("li");
+        const when = document.createElement("small");
+        when.className = "muted";
+        when.textContent = n.at + " ";
+        item.append(when, n.message);
+        return item;
+      })
+    );
   }
 
   // --- Curves -----------------------------------------------------------------------------------
@@ -107,6 +132,15 @@
     seen.clear();
     state.points = [];
     for (const chart of [lossChart, accChart]) if (chart) chart.data.datasets.forEach((d) => (d.data = []));
+  }
+
+  // A run resumed from its checkpoint repeats the steps after it: forget what was drawn past it.
+  function rewindTo(step) {
+    const kept = state.points.filter((p) => p.step <= step);
+    if (kept.length === state.points.length) return;
+    resetPoints();
+    kept.forEach(addPoint);
+    redraw();
   }
 
   function redraw() {
@@ -141,6 +175,7 @@
       if (message.point && addPoint(message.point)) redraw();
     } else if (message.type === "status") {
       renderJob(message.job);
+      if (message.rewind_to_step != null) rewindTo(message.rewind_to_step);
     }
     if (FINISHED.includes(state.status)) {
       setConnection("closed", "Finished: nothing more to stream.");

@@ -105,5 +105,13 @@ def pushes(monkeypatch):
 def queued(monkeypatch):
     """Job ids handed to Celery (run_job.delay), without a broker."""
     ids = []
-    monkeypatch.setattr("jobs.tasks.run_job.delay", lambda job_id: ids.append(job_id))
+    monkeypatch.setattr("jobs.tasks.run_job.apply_async", lambda args, **kwargs: ids.append(args[0]))
     return ids
+
+
+@pytest.fixture(autouse=True)
+def _quiet_heartbeat(settings):
+    """In-process tests run job_run inside a test transaction that the heartbeat thread's own
+    database connection cannot see: it would find no job to beat for and stop training. Its beat is
+    pushed past any test here (test_recovery.py tests the thread itself on a committed row)."""
+    settings.JOB_HEARTBEAT_S = 3600

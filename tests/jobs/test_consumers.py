@@ -96,3 +96,65 @@ def test_anyone_else_is_closed_with_4404_and_hears_nothing(who, bob, job):
 
     assert (closed["type"], closed["code"]) == ("websocket.close", CLOSE_NOT_FOUND)
     assert silent
+
+
+def test_a_resumed_run_tells_the_page_to_drop_the_points_past_the_checkpoint(alice, job, monkeypatch):
+    import ml
+
+    from jobs.services import _prepare_resume, job_checkpoint_path
+
+    MetricPoint.objects.create(job=job, kind="step", epoch=2, step=6, train_loss=0.5, train_acc=0.8)
+    path = job_checkpoint_path(job.id)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"checkpoint")
+    monkeypatch.setattr(ml, "read_checkpoint_info", lambda p: {"epoch": 1, "step": 4, "total_steps": 8})
+
+    @async_to_sync
+    async def scenario():
+        comm = communicator(job.id, alice)
+        await comm.connect()
+        await comm.receive_json_from(timeout=5)  # history: steps 1, 4 and 6
+        await sync_to_async(_prepare_resume)(job, path)
+        rewind = await comm.receive_json_from(timeout=5)
+        await comm.disconnect()
+        # A page that reconnects now gets the trimmed curve from the database.
+        comm = communicator(job.id, alice)
+        await comm.connect()
+        history = await comm.receive_json_from(timeout=5)
+        await comm.disconnect()
+        return rewind, history
+
+    rewind, history = scenario()
+
+    assert rewind["type"] == "status" and rewind["rewind_to_step"] == 4 and rewind["job"]["step"] == 4
+    assert [p["step"] for p in history["points"]] == [1, 4]
+
+
+def test_a_client_that_reconnects_gets_the_history_then_live_points_with_no_gap_or_repeat(alice, job):
+    @async_to_sync
+    async def scenario():
+        comm = communicator(job.id, alice)
+        await comm.connect()
+        first = await comm.receive_json_from(timeout=5)
+        await comm.disconnect()
+        # While nobody watches, training goes on.
+        await sync_to_async(job_record_progress)(job=job, event=progress_event(step=5, total_steps=8))
+        comm = communicator(job.id, alice)
+        await comm.connect()
+        again = await comm.receive_json_from(timeout=5)
+        from jobs.services import _throttle
+
+        _throttle.clear()
+        await sync_to_async(job_record_progress)(job=job, event=progress_event(kind="epoch", epoch=2, step=8,
+                                                                             total_steps=8, val_loss=0.4, val_acc=0.8))
+        live = await comm.receive_json_from(timeout=5)
+        await comm.disconnect()
+        return first, again, live
+
+    first, again, live = scenario()
+
+    assert [p["step"] for p in first["points"]] == [1, 4]
+    assert [p["step"] for p in again["points"]] == [1, 4, 5]  # what happened while away, from the database
+    assert live["type"] == "progress" and live["point"]["step"] == 8
+    steps = [p["step"] for p in again["points"]] + [live["point"]["step"]]
+    assert steps == sorted(set(steps))

@@ -2,11 +2,13 @@
 a scripted fake `ml.train` where the test is about what the job system does with its events."""
 
 import math
+from datetime import timedelta
 
 import ml
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
+from django.utils.timezone import now
 
 from jobs import services
 from jobs.models import Job, MetricPoint
@@ -14,7 +16,7 @@ from jobs.services import (
     JobStateError,
     job_cancel,
     job_create,
-    job_fail_orphans,
+    job_requeue_orphans,
     job_record_progress,
     job_run,
     job_snapshot,
@@ -127,10 +129,10 @@ def test_staff_may_train_on_anyones_dataset(charlie, dataset, queued, django_cap
 def test_a_job_that_cannot_be_queued_fails_with_a_message_instead_of_waiting_forever(
     alice, dataset, monkeypatch, django_capture_on_commit_callbacks
 ):
-    def broker_down(job_id):
+    def broker_down(args, **kwargs):
         raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
 
-    monkeypatch.setattr("jobs.tasks.run_job.delay", broker_down)
+    monkeypatch.setattr("jobs.tasks.run_job.apply_async", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         job = job_create(user=alice, dataset=dataset, config={})
 
@@ -268,18 +270,27 @@ def test_a_job_cancelled_while_queued_is_never_trained(alice, dataset, monkeypat
     assert [p["job"]["status"] for _, _, p in pushes] == ["cancelled"]
 
 
-def test_a_restarted_worker_fails_the_jobs_its_previous_life_left_running(alice, dataset, pushes):
+def test_a_restarted_worker_queues_again_the_jobs_its_previous_life_left_running(alice, dataset, pushes, queued,
+                                                                                 django_capture_on_commit_callbacks):
     orphan = running_job(alice, dataset)
-    Job.objects.filter(pk=orphan.pk).update(worker="celery@gpu1")
+    booted = now()
+    Job.objects.filter(pk=orphan.pk).update(worker="celery@gpu1", attempts=1, claimed_by="otherhost:1",
+                                            heartbeat_at=booted - timedelta(seconds=2))
+    mine = running_job(alice, dataset)  # claimed by the new life of the worker already
+    Job.objects.filter(pk=mine.pk).update(worker="celery@gpu1", attempts=1, claimed_by="otherhost:3",
+                                          heartbeat_at=booted + timedelta(seconds=1))
     elsewhere = running_job(alice, dataset)
-    Job.objects.filter(pk=elsewhere.pk).update(worker="celery@gpu2")
+    Job.objects.filter(pk=elsewhere.pk).update(worker="celery@gpu2", attempts=1, claimed_by="otherhost:2", heartbeat_at=now())
 
-    assert job_fail_orphans(worker="celery@gpu1") == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_requeue_orphans(worker="celery@gpu1", started_at=booted) == 1
 
     orphan.refresh_from_db()
     elsewhere.refresh_from_db()
-    assert orphan.status == Job.Status.FAILED and "stopped before it finished" in orphan.error
+    assert orphan.status == Job.Status.QUEUED and orphan.lease == "" and orphan.attempts == 1
+    assert queued == [orphan.pk]
     assert elsewhere.status == Job.Status.RUNNING
+    assert Job.objects.get(pk=mine.pk).status == Job.Status.RUNNING
 
 
 # --- job_cancel --------------------------------------------------------------------------------
@@ -371,5 +382,6 @@ def test_the_snapshot_has_the_documented_fields(alice, dataset):
     assert job_snapshot(job) == {
         "id": job.id, "status": "running", "progress": 0.0, "epoch": 0, "epochs": 7, "step": 0,
         "total_steps": 0, "eta_s": None, "samples_per_s": None, "device": "", "error": "", "model_id": None,
-        "cancel_requested": False,
+        "cancel_requested": False, "attempts": 0, "max_attempts": 3, "heartbeat_at": None, "notices": [],
+        "can_resume": False, "queue_position": None, "starts_in_s": None,
     }

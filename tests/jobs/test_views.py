@@ -260,3 +260,35 @@ def test_the_workers_page_explains_a_broker_outage_instead_of_failing(alice_clie
 
     assert response.status_code == 200
     assert "The job queue (Redis) could not be reached" in response.text
+
+
+def test_the_workers_page_shows_host_gpu_memory_heartbeat_and_the_dead_job_limit(alice_client, job, monkeypatch):
+    from django.utils.timezone import now
+
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, worker="gpu0@box", heartbeat_at=now())
+    monkeypatch.setattr("jobs.views.worker_list", lambda: [
+        Worker(name="gpu0@box", device="cuda (H200)", job_ids=[job.pk], memory_bytes=140 * 2**30),
+    ])
+
+    html = alice_client.get(reverse("jobs:workers")).text
+
+    assert "cuda (H200)</span> · 140 GiB" in html and '<td class="mono">box</td>' in html
+    assert "0\xa0minutes ago" in html
+    assert "shows \"running\" for at most 40 s" in html
+
+
+def test_a_busy_worker_that_does_not_answer_is_listed_by_its_jobs_heartbeat(alice_client, job, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils.timezone import now
+
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, worker="solo@box", device="cpu", heartbeat_at=now())
+    dead = Job.objects.create(owner=job.owner, dataset=job.dataset, config=TINY_CONFIG, status=Job.Status.RUNNING,
+                              worker="gone@box", heartbeat_at=now() - timedelta(hours=1))
+    monkeypatch.setattr("jobs.views.worker_list", lambda: [])
+
+    html = alice_client.get(reverse("jobs:workers")).text
+
+    assert "solo@box" in html and "busy: answers between jobs" in html
+    assert reverse("jobs:detail", args=[job.pk]) in html
+    assert "gone@box" not in html and dead.pk

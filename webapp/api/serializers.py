@@ -69,6 +69,15 @@ class JobSerializer(serializers.Serializer):
     error = serializers.CharField()
     model_id = serializers.IntegerField(allow_null=True, help_text="The trained model, once the job succeeded.")
     cancel_requested = serializers.BooleanField(help_text="A cancel was asked for; a running job stops within a second.")
+    attempts = serializers.IntegerField(help_text="How many times a worker has started (or resumed) this run.")
+    max_attempts = serializers.IntegerField(help_text="Past this many attempts whose worker died, the job fails.")
+    heartbeat_at = serializers.DateTimeField(allow_null=True, help_text="Last sign of life of the running job.")
+    notices = serializers.ListField(child=serializers.DictField(), help_text="Things to know about the run, "
+                                    "each {at, epoch, step, message}: resumed after a crash, batch size halved.")
+    can_resume = serializers.BooleanField(help_text="Cancelled or failed with a checkpoint: POST …/resume/ continues it.")
+    queue_position = serializers.IntegerField(allow_null=True, help_text="Queued jobs: 1 = next to start.")
+    starts_in_s = serializers.FloatField(allow_null=True, help_text="Queued jobs: estimated seconds until it starts "
+                                         "(from the running jobs' ETAs; null when unknown).")
     dataset = serializers.IntegerField()
     config = serializers.DictField(help_text="The hyperparameters the job trains with.")
     created_at = serializers.DateTimeField()
@@ -150,6 +159,29 @@ class JobCreateSerializer(serializers.Serializer):
         for name, param in HYPERPARAMETERS.items():
             fields[name] = hyperparameter_field(name, param)
         return fields
+
+
+class JobCloneSerializer(serializers.Serializer):
+    """Only the hyperparameters to change; each is optional and has no default (the job's value stays)."""
+
+    def get_fields(self):
+        from ml import HYPERPARAMETERS
+
+        fields = super().get_fields()
+        for name, param in HYPERPARAMETERS.items():
+            field = hyperparameter_field(name, param)
+            field.required, field.default = False, serializers.empty
+            if isinstance(field, serializers.BooleanField):
+                field.default_empty_html = serializers.empty
+            fields[name] = field
+        return fields
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if hasattr(self.initial_data, "keys") else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Not a hyperparameter (the dataset cannot change in a clone)."]
+                                               for name in unknown})
+        return attrs
 
 
 # --- Models ------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ Connect with your session cookie (same origin). The server sends JSON messages:
 `{kind, epoch, step, train_loss, train_acc, val_loss, val_acc, lr, samples_per_s}` (`kind` is
 `step` or `epoch`; validation values are set on epoch points). Pushes are throttled to about
 4 per second; epoch ends and status changes always arrive. The database is the truth: after a
-reconnect the history message has everything. A job that is not yours closes the socket with
+reconnect the history message has everything. When a job resumes from a checkpoint (after a crash,
+or `POST /api/jobs/{id}/resume/`), a status message carries `rewind_to_step`: drop the points
+after that step, training repeats them. A job that is not yours closes the socket with
 code 4404.
 """
 
@@ -47,6 +49,9 @@ urlpatterns = [
     path("jobs/", views.JobListCreate.as_view(), name="api-job-list"),
     path("jobs/<int:pk>/", views.JobDetail.as_view(), name="api-job-detail"),
     path("jobs/<int:pk>/cancel/", views.JobCancel.as_view(), name="api-job-cancel"),
+    path("jobs/<int:pk>/resume/", views.JobResume.as_view(), name="api-job-resume"),
+    path("jobs/<int:pk>/retry/", views.JobRetry.as_view(), name="api-job-retry"),
+    path("jobs/<int:pk>/clone/", views.JobClone.as_view(), name="api-job-clone"),
     path("models/", views.ModelList.as_view(), name="api-model-list"),
     path("models/<int:pk>/", views.ModelDetail.as_view(), name="api-model-detail"),
     path("models/<int:pk>/predict/", views.ModelPredict.as_view(), name="api-model-predict"),

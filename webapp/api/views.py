@@ -7,7 +7,7 @@ Django ValidationErrors from services become 400s with the same messages, keyed 
 from contextlib import contextmanager
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -81,6 +81,15 @@ class DatasetDetail(generics.RetrieveAPIView):
 # --- Jobs --------------------------------------------------------------------------------------
 
 
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Any unique string of up to 64 characters (a UUID). Sending a request again with the "
+    "same key (after a timeout, say) returns the job the first request created, with status 200, "
+    "instead of starting a second one.",
+)
+REPLAYED = "This Idempotency-Key was used before: the job it created, unchanged (nothing new was started)."
+
+
 def _jobs_for(user):
     from jobs.selectors import job_list_for_user
 
@@ -104,7 +113,8 @@ class JobListCreate(generics.ListCreateAPIView):
         "allowed range or choices. Follow progress with `GET /api/jobs/{id}/` or the websocket "
         "`/ws/jobs/{id}/`.",
         request=s.JobCreateSerializer,
-        responses={201: s.JobSerializer},
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: s.JobSerializer, 200: OpenApiResponse(s.JobSerializer, description=REPLAYED)},
     )
     def post(self, request, *args, **kwargs):
         from jobs.services import job_create
@@ -113,9 +123,15 @@ class JobListCreate(generics.ListCreateAPIView):
         form.is_valid(raise_exception=True)
         config = dict(form.validated_data)
         dataset = config.pop("dataset")
-        with service_errors():
-            job = job_create(user=request.user, dataset=dataset, config=config)
-        return Response(s.JobSerializer(_jobs_for(request.user).get(pk=job.pk)).data, status=status.HTTP_201_CREATED)
+        with service_errors(rename={"idempotency_key": "Idempotency-Key"}):
+            job = job_create(user=request.user, dataset=dataset, config=config,
+                             idempotency_key=request.headers.get("Idempotency-Key"))
+        return _created(request, job)
+
+
+def _created(request, job) -> Response:
+    code = status.HTTP_201_CREATED if job.created_now else status.HTTP_200_OK
+    return Response(s.JobSerializer(_jobs_for(request.user).get(pk=job.pk)).data, status=code)
 
 
 @extend_schema(
@@ -149,6 +165,62 @@ class JobCancel(APIView):
         except JobStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(s.JobSerializer(_jobs_for(request.user).get(pk=pk)).data)
+
+
+def _restart(request, pk: int, service_name: str) -> Response:
+    from jobs import services
+
+    job = get_owned_or_404(Job, request.user, pk)
+    try:
+        getattr(services, service_name)(job=job)
+    except services.JobStateError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    return Response(s.JobSerializer(_jobs_for(request.user).get(pk=pk)).data)
+
+
+NOT_RESTARTABLE = OpenApiResponse(s.ErrorSerializer, description="The job is not cancelled or failed (or, to "
+                                  "resume, has no checkpoint).")
+
+
+class JobResume(APIView):
+    @extend_schema(
+        summary="Resume a cancelled or failed job",
+        description="Queues the job again; it continues from its last checkpoint (saved at every epoch end "
+        "and on cancel), with its attempts counted afresh. `can_resume` says whether it has one.",
+        request=None, responses={200: s.JobSerializer, 404: NOT_FOUND, 409: NOT_RESTARTABLE},
+    )
+    def post(self, request, pk: int):
+        return _restart(request, pk, "job_resume")
+
+
+class JobRetry(APIView):
+    @extend_schema(
+        summary="Retry a cancelled or failed job from the start",
+        description="Queues the job again from its first epoch: its checkpoint and curve are discarded.",
+        request=None, responses={200: s.JobSerializer, 404: NOT_FOUND, 409: NOT_RESTARTABLE},
+    )
+    def post(self, request, pk: int):
+        return _restart(request, pk, "job_retry")
+
+
+class JobClone(APIView):
+    @extend_schema(
+        summary="Start a new job like this one, with some hyperparameters changed",
+        description="The body holds only the hyperparameters to change (any of those of `POST /api/jobs/`); "
+        "the rest, and the dataset, come from the job. Honours `Idempotency-Key` like `POST /api/jobs/`.",
+        request=s.JobCloneSerializer, parameters=[IDEMPOTENCY_KEY],
+        responses={201: s.JobSerializer, 200: OpenApiResponse(s.JobSerializer, description=REPLAYED), 404: NOT_FOUND},
+    )
+    def post(self, request, pk: int):
+        from jobs.services import job_clone
+
+        job = get_owned_or_404(_jobs_for(request.user), request.user, pk)
+        form = s.JobCloneSerializer(data=request.data, context={"request": request})
+        form.is_valid(raise_exception=True)
+        with service_errors(rename={"idempotency_key": "Idempotency-Key"}):
+            clone = job_clone(user=request.user, job=job, changes=dict(form.validated_data),
+                              idempotency_key=request.headers.get("Idempotency-Key"))
+        return _created(request, clone)
 
 
 # --- Models ------------------------------------------------------------------------------------
