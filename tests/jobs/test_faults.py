@@ -26,7 +26,17 @@ from django.utils import timezone
 from jobs.models import Job, MetricPoint
 from jobs.services import job_cancel, job_create, job_resume
 from tests.jobs.conftest import TINY_CONFIG, make_ready_dataset
-from tests.live import _database_url, child_env, free_port, start_process, stop_process, worker_command
+from tests.live import (
+    LiveStack,
+    _database_url,
+    _no_proxy_opener,
+    child_env,
+    free_port,
+    server_command,
+    start_process,
+    stop_process,
+    worker_command,
+)
 from webapp.registry.models import TrainedModel
 
 pytestmark = pytest.mark.integration
@@ -70,6 +80,20 @@ class Faults:
         self.processes[name] = process
         return process
 
+    def start_server(self, name: str, *, env: dict | None = None) -> LiveStack:
+        """A Daphne on the test database and this test's channel prefix, ready when this returns."""
+        port = free_port()
+        environment = {**child_env(database_url=self.database_url, media_root=self.media_root, queue=self.queue,
+                                   channel_prefix=self.queue), **(env or {})}
+        log = self.base / f"{name}.log"
+        self.logs[name] = log
+        self.processes[name] = start_process(server_command(port=port), environment, log)
+        server = LiveStack(url=f"http://127.0.0.1:{port}", media_root=self.media_root, queue=self.queue,
+                           channel_prefix=self.queue, worker_name="", logs={name: log},
+                           processes={name: self.processes[name]})
+        server.wait_for(lambda: _answers(server.url + "/login/"), timeout=60, what="Daphne to answer")
+        return server
+
     def kill(self, name: str) -> None:
         """SIGKILL to the worker's whole process group: nothing gets to clean up or requeue."""
         process = self.processes[name]
@@ -112,6 +136,13 @@ def faults(transactional_db, settings, tmp_path):
             stop_process(process, timeout=10)
         for key, value in saved.items():
             setattr(app.conf, key, value)
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(OSError):
+        with _no_proxy_opener().open(url, timeout=2) as response:
+            return response.status == 200
+    return False
 
 
 def job_state(job_id: int) -> Job:
@@ -260,7 +291,7 @@ def private_redis(port: int, base: Path):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
-def test_a_job_finishes_with_its_full_history_when_redis_restarts_mid_training(faults, alice, tmp_path):
+def test_after_a_redis_restart_mid_training_the_job_finishes_with_its_full_history_and_pages_stream_again(faults, alice, tmp_path):
     from celery import Celery
 
     port = free_port()
@@ -286,8 +317,20 @@ def test_a_job_finishes_with_its_full_history_when_redis_restarts_mid_training(f
         assert job.status == Job.Status.SUCCEEDED, job.error
         assert_one_clean_curve(job, epochs=SLOW_CONFIG["epochs"])
         assert job.attempts == 1 and TrainedModel.objects.filter(job=job).count() == 1
-        # The worker reconnected: a new job sent through the restarted Redis runs.
+        # A page that reconnects through a web server on the restarted Redis gets the whole curve.
+        server = faults.start_server("server", env=env)
+        with server.websocket(f"/ws/jobs/{job.pk}/", user=alice) as ws:
+            history = server.receive_json(ws)
+        assert history["type"] == "history" and history["job"]["status"] == "succeeded"
+        assert [p["epoch"] for p in history["points"] if p["kind"] == "epoch"] == list(range(1, SLOW_CONFIG["epochs"] + 1))
+        # The worker reconnected, and live events flow again from it to a websocket client: a new
+        # job sent through the restarted Redis streams its progress and its success.
         second = Job.objects.create(owner=alice, dataset=dataset, config=TINY_CONFIG, queue=faults.queue)
-        send(second.pk)
-        faults.wait_for(lambda: job_state(second.pk).status == Job.Status.SUCCEEDED, timeout=WAIT_S,
-                        what="a job sent after the restart")
+        with server.websocket(f"/ws/jobs/{second.pk}/", user=alice) as ws:
+            messages = [server.receive_json(ws)]
+            send(second.pk)
+            while messages[-1]["job"]["status"] not in ("succeeded", "failed", "cancelled"):
+                messages.append(server.receive_json(ws, timeout=WAIT_S))
+        assert messages[-1]["job"]["status"] == "succeeded"
+        assert [m["point"]["epoch"] for m in messages if m["type"] == "progress" and m["point"]
+                and m["point"]["kind"] == "epoch"] == list(range(1, TINY_CONFIG["epochs"] + 1))
