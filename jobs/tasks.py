@@ -37,13 +37,15 @@ def _reap_forever(interval: float) -> None:
     from django.db import connection
 
     from jobs.services import job_reap
+    from webapp.datasets.services import dataset_reap  # ingests use the same leases and heartbeats
 
     try:
         while not _reaper_stop.wait(interval):
-            try:
-                job_reap()
-            except Exception:  # noqa: BLE001 - the database or broker is down: try again next round
-                logger.exception("The job reaper failed; trying again in %s s", interval)
+            for reap in (job_reap, dataset_reap):
+                try:
+                    reap()
+                except Exception:  # noqa: BLE001 - the database or broker is down: try again next round
+                    logger.exception("The reaper (%s) failed; trying again in %s s", reap.__name__, interval)
     finally:
         connection.close()
 

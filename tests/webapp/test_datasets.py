@@ -123,6 +123,70 @@ def test_an_upload_over_the_size_limit_is_refused_naming_the_file_and_the_limit(
     assert media(settings) == []
 
 
+def oversized_post(client, settings, *, path, declared: int | None = None, json=False, **fields):
+    """A multipart upload of a file well past the limit (or one that only says so in Content-Length)."""
+    settings.MAX_UPLOAD_BYTES = 1000
+    body = b"PK\x03\x04" + b"x" * (services.UPLOAD_OVERHEAD_BYTES + 2000)
+    extra = {"CONTENT_LENGTH": str(declared)} if declared else {}
+    if json:
+        extra["HTTP_ACCEPT"] = "application/json"
+    return client.post(path, {"name": "Huge", **fields, "archive": upload("huge.zip", body),
+                              "file": upload("huge.zip", body)}, **extra)
+
+
+def test_an_upload_whose_request_is_over_the_limit_is_refused_before_the_body_is_read(
+        alice, settings, monkeypatch):
+    from django.test import Client
+
+    # A CSRF-checking client without a token: had anything read the body, the CSRF check would
+    # have refused it with a 403 first.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    monkeypatch.setattr("webapp.datasets.views.DatasetUploadForm.is_valid", lambda self: pytest.fail("body read"))
+    response = oversized_post(client, settings, path=reverse("datasets:upload"))
+    html = response.content.decode()
+    assert response.status_code == 413
+    assert 'id="id_archive_error"' in html
+    assert "the largest upload accepted is 1000\xa0bytes. Nothing was stored." in html
+    assert Dataset.objects.count() == 0
+    assert media(settings) == []
+
+
+def test_the_upload_script_gets_the_early_refusal_as_json_on_the_archive_field(alice_client, settings):
+    response = oversized_post(alice_client, settings, path=reverse("datasets:upload"), json=True,
+                              declared=50 * 1024**3)  # what the request says is enough: 50 GB
+    assert response.status_code == 413
+    [message] = response.json()["errors"]["archive"]
+    assert message.startswith("The upload is 50.0\xa0GB; the largest upload accepted is 1000\xa0bytes.")
+    assert Dataset.objects.count() == 0
+
+
+def test_an_upload_within_the_limit_still_needs_the_csrf_token(alice, tmp_path):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    assert post_upload(client, shapes_zip(tmp_path)).status_code == 403
+    assert Dataset.objects.count() == 0
+
+
+def test_the_api_refuses_an_upload_over_the_limit_before_reading_it(alice, settings, monkeypatch):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from webapp.api.serializers import DatasetCreateSerializer
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    monkeypatch.setattr(DatasetCreateSerializer, "is_valid", lambda *a, **k: pytest.fail("body read"))
+    response = oversized_post(client, settings, path="/api/datasets/")
+    assert response.status_code == 413
+    [message] = response.json()["file"]
+    assert "the largest upload accepted is 1000\xa0bytes. Nothing was stored." in message
+    assert Dataset.objects.count() == 0
+    assert media(settings) == []
+
+
 def test_options_out_of_range_are_reported_on_their_own_fields(alice_client, tmp_path, settings):
     response = post_upload(alice_client, shapes_zip(tmp_path), json=True, image_size=4, val_fraction=0.9, seed=-1)
     assert response.status_code == 400
@@ -202,7 +266,7 @@ def test_an_unexpected_error_fails_the_dataset_without_raising_in_the_worker(ali
     assert "a bug" not in dataset.error
 
 
-def test_only_a_pending_dataset_is_claimed_so_a_redelivered_task_does_nothing(ready, monkeypatch):
+def test_a_redelivered_task_for_a_ready_or_deleted_dataset_does_nothing(ready, monkeypatch):
     monkeypatch.setattr(services, "ingest_image_archive", lambda *a, **k: pytest.fail("ingested twice"))
     dataset_ingest(dataset_id=ready.pk)
     dataset_ingest(dataset_id=987654)  # deleted before the worker got to it

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
+from rest_framework.exceptions import APIException
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -37,8 +38,24 @@ NOT_FOUND = OpenApiResponse(s.ErrorSerializer, description="No such object, or n
 # --- Datasets ----------------------------------------------------------------------------------
 
 
+class UploadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The upload is too large."
+    default_code = "upload_too_large"
+
+
 class DatasetListCreate(generics.ListCreateAPIView):
     parser_classes = [MultiPartParser, FormParser]
+
+    def initial(self, request, *args, **kwargs):
+        # Before authentication: session authentication's CSRF check would read the whole body.
+        if request.method == "POST":
+            from webapp.datasets.services import dataset_upload_size_error
+
+            error = dataset_upload_size_error(content_length=request.META.get("CONTENT_LENGTH"))
+            if error:
+                raise UploadTooLarge({"file": [error]})
+        super().initial(request, *args, **kwargs)
 
     def get_queryset(self):
         return owned_by(Dataset.objects.all(), self.request.user)
@@ -55,7 +72,8 @@ class DatasetListCreate(generics.ListCreateAPIView):
         description="Ingestion runs in the background; poll `GET /api/datasets/{id}/` until `status` "
         "is `ready` (or `failed`, with `error`). Skipped files are listed in `skipped`.",
         request=s.DatasetCreateSerializer,
-        responses={201: s.DatasetSerializer},
+        responses={201: s.DatasetSerializer, 413: OpenApiResponse(description="The request is larger than the "
+                   "upload limit; refused before the body is read, nothing stored.")},
     )
     def post(self, request, *args, **kwargs):
         from webapp.datasets.services import dataset_create

@@ -4,6 +4,7 @@ are the service's dataset_validate, so the page and the API share one set of rul
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.forms.utils import ErrorDict
 from django.template.defaultfilters import filesizeformat
 
 from webapp.datasets.models import Dataset
@@ -69,6 +70,14 @@ class DatasetUploadForm(forms.Form):
                 if field not in self.errors:
                     self.add_error(field if field in self.fields else None, messages)
         return cleaned
+
+    @classmethod
+    def refused(cls, message: str) -> "DatasetUploadForm":
+        """A blank form showing `message` next to the archive field: the upload was refused before
+        its body was read, so there is nothing to bind (and nothing to validate)."""
+        form = cls()
+        form._errors = ErrorDict({"archive": form.error_class([message], renderer=form.renderer)})
+        return form
 
     def options(self) -> dict:
         return {key: self.cleaned_data[key] for key in OPTION_DEFAULTS}

@@ -27,6 +27,13 @@ class Dataset(models.Model):
     options = models.JSONField(default=dict, blank=True)
     progress = models.FloatField(default=0.0)  # 0..1 while ingesting
     error = models.TextField(blank=True)
+    # Fault tolerance, as for jobs (README "Jobs and faults"): a claim takes a new lease token and
+    # counts an attempt; the ingest renews heartbeat_at; the reaper takes back an ingest whose
+    # holder ("host:pid" in claimed_by) is dead.
+    attempts = models.PositiveSmallIntegerField(default=0)  # claims so far, counted at claim
+    lease = models.CharField(max_length=32, blank=True)
+    claimed_by = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     # Filled in by ingestion (a summary of dataset.json, so lists and the API need no file reads).
     num_samples = models.PositiveIntegerField(default=0)

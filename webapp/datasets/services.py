@@ -12,9 +12,12 @@ import json
 import logging
 import math
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +26,14 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image
 
 from jobs.models import Job
+# The lease and heartbeat rules of jobs, shared so that ingests and jobs are judged dead alike.
+from jobs.services import _holder_id, _holder_is_dead, heartbeat_s, stale_after_s
 from ml.archive import ArchiveLimits, DatasetError, sniff_format
 from ml.ingest import ingest_image_archive
 from ml.synthetic import write_shapes_archive
@@ -149,6 +154,26 @@ def _queue_ingest(dataset_id: int) -> None:
                   "Delete this dataset and upload again later, or ask the administrator.")
 
 
+# Room in a request for the multipart headers and the other fields next to the archive: a request
+# longer than MAX_UPLOAD_BYTES by more than this cannot hold an archive within the limit.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+
+
+def dataset_upload_size_error(*, content_length: str | int | None) -> str | None:
+    """Refuse an upload by its Content-Length, before a byte of the body is read: the message for
+    a request too large to hold an archive within MAX_UPLOAD_BYTES, else None (also when the
+    length is missing or garbled: the archive's own size is checked once it is received)."""
+    try:
+        length = int(content_length or 0)
+    except (TypeError, ValueError):
+        return None
+    limit = settings.MAX_UPLOAD_BYTES
+    if length <= limit + UPLOAD_OVERHEAD_BYTES:
+        return None
+    return (f"The upload is {filesizeformat(length)}; the largest upload accepted is {filesizeformat(limit)}. "
+            "Nothing was stored.")
+
+
 def _archive_error(archive: File | None) -> str | None:
     if archive is None:
         return "Choose an archive to upload."
@@ -200,18 +225,66 @@ def archive_limits() -> ArchiveLimits:
     )
 
 
+MAX_INGEST_ATTEMPTS = 3  # claims of one dataset; a third dead worker means the archive kills workers
+
+
+class _LeaseLost(Exception):
+    """The dataset was taken back (reaped and claimed by another worker) or deleted mid-ingest."""
+
+
+def _ingest_poison_error(attempts: int) -> str:
+    return (f"The worker ingesting this archive stopped {attempts} times before it finished (killed, out of "
+            f"memory, or crashed), so it was not tried again (at most {MAX_INGEST_ATTEMPTS} attempts). "
+            "Try a smaller archive, or ask the administrator to look at the worker log.")
+
+
+def _ingest_claim(dataset_id: int) -> Dataset | None:
+    """Take the dataset for this process: a PENDING one, or an INGESTING one whose holder is dead
+    (stale heartbeat, or a pid on this host that is gone), the same test as for jobs. Counts the
+    attempt; a dataset out of attempts fails instead. Returns it holding its new lease, or None."""
+    dataset = Dataset.objects.filter(id=dataset_id).first()
+    if dataset is None:
+        logger.info("Dataset %s not ingested: it no longer exists", dataset_id)
+        return None
+    if dataset.status == Dataset.Status.INGESTING:
+        if not _holder_is_dead(dataset, at=timezone.now()):
+            logger.info("Dataset %s is being ingested by %s with a live heartbeat; nothing to do", dataset_id,
+                        dataset.claimed_by)
+            return None
+        logger.warning("Dataset %s: taking over the ingest from %s, which stopped (attempt %s ended)", dataset_id,
+                       dataset.claimed_by, dataset.attempts)
+    elif dataset.status != Dataset.Status.PENDING:
+        logger.info("Dataset %s is %s already; nothing to do", dataset_id, dataset.status)
+        return None
+    if dataset.attempts >= MAX_INGEST_ATTEMPTS:
+        Dataset.objects.filter(id=dataset_id, status=dataset.status, lease=dataset.lease).update(
+            status=Dataset.Status.FAILED, error=_ingest_poison_error(dataset.attempts), progress=0.0, lease="",
+            heartbeat_at=None)
+        return None
+    token = uuid.uuid4().hex
+    claimed = Dataset.objects.filter(id=dataset_id, status=dataset.status, lease=dataset.lease,
+                                     attempts=dataset.attempts).update(
+        status=Dataset.Status.INGESTING, lease=token, claimed_by=_holder_id()[:255], attempts=F("attempts") + 1,
+        heartbeat_at=timezone.now(), progress=0.0, error="")
+    if claimed != 1:
+        logger.info("Dataset %s not ingested: another worker claimed it first", dataset_id)
+        return None
+    return Dataset.objects.get(id=dataset_id)
+
+
 def dataset_ingest(*, dataset_id: int, progress: Callable[[int, int], None] | None = None) -> None:
-    """Claim a PENDING dataset and ingest its archive: READY with the summary, or FAILED with why.
+    """Claim a dataset (PENDING, or INGESTING under a dead worker) and ingest its archive: READY
+    with the summary, or FAILED with why.
 
     Never raises for a bad archive or a failed ingest, so one upload cannot take a worker down.
-    `progress(done, total)` is called for every file (create_demo draws a bar with it).
+    `progress(done, total)` is called for every file (create_demo draws a bar with it). Safe to
+    deliver twice: the lease lets one process at a time ingest, and the ingest is all-or-nothing
+    (ml.ingest writes a hidden folder and renames it into place), so a takeover starts afresh.
     """
-    claimed = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.PENDING).update(
-        status=Dataset.Status.INGESTING, progress=0.0, error="")
-    if claimed != 1:
-        logger.info("Dataset %s is not pending (deleted, or claimed already); nothing to do", dataset_id)
+    dataset = _ingest_claim(dataset_id)
+    if dataset is None:
         return
-    dataset = Dataset.objects.get(id=dataset_id)
+    lease = dataset.lease
     out_dir = Path(default_storage.path(dataset.storage_dir))
     last_write = 0.0
 
@@ -220,29 +293,37 @@ def dataset_ingest(*, dataset_id: int, progress: Callable[[int, int], None] | No
         if progress is not None:
             progress(done, total)
         now = time.monotonic()
-        if now - last_write >= PROGRESS_INTERVAL_S:
+        # One UPDATE carries progress and heartbeat; it is throttled to the shorter of the two intervals.
+        if now - last_write >= min(PROGRESS_INTERVAL_S, heartbeat_s()):
             last_write = now
-            Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
-                progress=min(done / max(total, 1), 0.99))
+            beat = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING, lease=lease).update(
+                progress=min(done / max(total, 1), 0.99), heartbeat_at=timezone.now())
+            if not beat:
+                raise _LeaseLost
 
     try:
         report = ingest_image_archive(
             default_storage.path(dataset.archive.name), out_dir, limits=archive_limits(), progress=on_progress,
             **{**OPTION_DEFAULTS, **dataset.options},
         )
+    except _LeaseLost:
+        logger.warning("Dataset %s: the ingest was taken back or deleted meanwhile; stopped", dataset_id)
+        return
     except DatasetError as exc:
-        _fail(dataset_id, str(exc))
+        _fail(dataset_id, lease, str(exc))
         return
     except Exception as exc:  # disk full, a bug: keep the worker alive, tell the user plainly
         logger.exception("Ingest of dataset %s failed", dataset_id)
         reason = f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else "an internal error"
-        _fail(dataset_id, f"The archive could not be ingested because of {reason}. "
-                          "Try again later, or ask the administrator to look at the worker log.")
+        _fail(dataset_id, lease, f"The archive could not be ingested because of {reason}. "
+                                 "Try again later, or ask the administrator to look at the worker log.")
         return
 
-    finished = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
+    finished = Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING, lease=lease).update(
         status=Dataset.Status.READY,
         progress=1.0,
+        lease="",
+        heartbeat_at=None,
         num_samples=report.num_samples,
         num_train=report.num_train,
         num_val=report.num_val,
@@ -254,13 +335,46 @@ def dataset_ingest(*, dataset_id: int, progress: Callable[[int, int], None] | No
         skipped=report.skipped,
         ingested_at=timezone.now(),
     )
-    if finished != 1:  # deleted while ingesting: do not leave its arrays behind
+    if finished != 1 and not Dataset.objects.filter(id=dataset_id).exists():
+        # Deleted while ingesting: do not leave its arrays behind. (Taken over instead: the new
+        # holder replaces the folder itself, so it is left alone.)
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _fail(dataset_id: int, message: str) -> None:
-    Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING).update(
-        status=Dataset.Status.FAILED, error=message, progress=0.0)
+def _fail(dataset_id: int, lease: str, message: str) -> None:
+    Dataset.objects.filter(id=dataset_id, status=Dataset.Status.INGESTING, lease=lease).update(
+        status=Dataset.Status.FAILED, error=message, progress=0.0, lease="", heartbeat_at=None)
+
+
+def dataset_reap() -> int:
+    """Queue again (or fail, past MAX_INGEST_ATTEMPTS) the ingests whose holder is dead: a stale
+    heartbeat, or a pid on this host that no longer exists. Called by every worker's reaper thread
+    with job_reap (jobs.tasks), so a dead ingest shows "ingesting" for at most dead_job_limit_s().
+    Returns how many it took back."""
+    at = timezone.now()
+    stale = at - timedelta(seconds=stale_after_s())
+    suspects = (Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)
+                | Q(claimed_by__startswith=f"{socket.gethostname()}:"))
+    reaped = 0
+    for dataset in Dataset.objects.filter(suspects, status=Dataset.Status.INGESTING):
+        if not _holder_is_dead(dataset, at=at):
+            continue
+        if dataset.attempts >= MAX_INGEST_ATTEMPTS:
+            reaped += Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
+                status=Dataset.Status.FAILED, error=_ingest_poison_error(dataset.attempts), progress=0.0, lease="",
+                heartbeat_at=None)
+            continue
+        with transaction.atomic():
+            requeued = Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
+                status=Dataset.Status.PENDING, lease="", claimed_by="", heartbeat_at=None, progress=0.0)
+            if requeued:
+                transaction.on_commit(lambda dataset_id=dataset.id: _queue_ingest(dataset_id))
+        if requeued:
+            logger.warning("Dataset %s: its ingest worker %s stopped (heartbeat %s); queued again, attempt %s of %s "
+                           "done", dataset.id, dataset.claimed_by, dataset.heartbeat_at, dataset.attempts,
+                           MAX_INGEST_ATTEMPTS)
+        reaped += requeued
+    return reaped
 
 
 # --- Delete --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.datasets.forms import DatasetUploadForm
@@ -21,6 +22,7 @@ from webapp.datasets.services import (
     dataset_list_for_user,
     dataset_meta,
     dataset_sample_png,
+    dataset_upload_size_error,
 )
 from webapp.ownership import get_owned_or_404
 
@@ -43,8 +45,20 @@ def dataset_list(request):
 
 
 @login_required
+@csrf_exempt  # only so that the size is checked before anything reads the body; _upload checks CSRF
 @require_http_methods(["GET", "POST"])
 def dataset_upload(request):
+    if request.method == "POST":
+        error = dataset_upload_size_error(content_length=request.META.get("CONTENT_LENGTH"))
+        if error:  # refused before the body is read (the CSRF check would read it all)
+            if _wants_json(request):
+                return JsonResponse({"errors": {"archive": [error]}}, status=413)
+            return render(request, "datasets/upload.html", {"form": DatasetUploadForm.refused(error)}, status=413)
+    return _upload(request)
+
+
+@csrf_protect
+def _upload(request):
     form = DatasetUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
