@@ -33,7 +33,7 @@ from PIL import Image
 
 from jobs.models import Job
 # The lease and heartbeat rules of jobs, shared so that ingests and jobs are judged dead alike.
-from jobs.services import _holder_id, _holder_is_dead, heartbeat_s, stale_after_s
+from jobs.services import heartbeat_s, lease_holder_id, lease_holder_is_dead, stale_after_s
 from ml.archive import ArchiveLimits, DatasetError, sniff_format
 from ml.ingest import ingest_image_archive
 from ml.synthetic import write_shapes_archive
@@ -247,7 +247,7 @@ def _ingest_claim(dataset_id: int) -> Dataset | None:
         logger.info("Dataset %s not ingested: it no longer exists", dataset_id)
         return None
     if dataset.status == Dataset.Status.INGESTING:
-        if not _holder_is_dead(dataset, at=timezone.now()):
+        if not lease_holder_is_dead(dataset, at=timezone.now()):
             logger.info("Dataset %s is being ingested by %s with a live heartbeat; nothing to do", dataset_id,
                         dataset.claimed_by)
             return None
@@ -264,7 +264,7 @@ def _ingest_claim(dataset_id: int) -> Dataset | None:
     token = uuid.uuid4().hex
     claimed = Dataset.objects.filter(id=dataset_id, status=dataset.status, lease=dataset.lease,
                                      attempts=dataset.attempts).update(
-        status=Dataset.Status.INGESTING, lease=token, claimed_by=_holder_id()[:255], attempts=F("attempts") + 1,
+        status=Dataset.Status.INGESTING, lease=token, claimed_by=lease_holder_id()[:255], attempts=F("attempts") + 1,
         heartbeat_at=timezone.now(), progress=0.0, error="")
     if claimed != 1:
         logger.info("Dataset %s not ingested: another worker claimed it first", dataset_id)
@@ -357,7 +357,7 @@ def dataset_reap() -> int:
                 | Q(claimed_by__startswith=f"{socket.gethostname()}:"))
     reaped = 0
     for dataset in Dataset.objects.filter(suspects, status=Dataset.Status.INGESTING):
-        if not _holder_is_dead(dataset, at=at):
+        if not lease_holder_is_dead(dataset, at=at):
             continue
         if dataset.attempts >= MAX_INGEST_ATTEMPTS:
             reaped += Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
