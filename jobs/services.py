@@ -170,13 +170,13 @@ def dead_job_limit_s() -> float:
     return stale_after_s() + float(settings.JOB_REAP_EVERY_S)
 
 
-def _holder_id() -> str:
+def lease_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _holder_is_dead(job: Job, *, at) -> bool:
-    """Is the process holding this running job's lease gone? Its heartbeat is stale, or it ran on
-    this host and its pid no longer exists (known at once, without waiting for staleness)."""
+def lease_holder_is_dead(job: Job | Dataset, *, at) -> bool:
+    """Is the process holding this lease (a running job's, or an ingesting dataset's) gone? Its
+    heartbeat is stale, or it ran on this host and its pid no longer exists (known at once)."""
     if job.heartbeat_at is None or job.heartbeat_at < at - timedelta(seconds=stale_after_s()):
         return True
     host, _, pid = job.claimed_by.rpartition(":")
@@ -194,7 +194,8 @@ def _holder_is_dead(job: Job, *, at) -> bool:
 
 
 def job_checkpoint_path(job_id: int) -> Path:
-    """MEDIA_ROOT/jobs/<id>/checkpoint.pt: written by ml.train every epoch and on cancel."""
+    """MEDIA_ROOT/jobs/<id>/checkpoint.pt: written by ml.train at every epoch end, on cancel, and
+    mid-epoch every settings.JOB_CHECKPOINT_EVERY_S."""
     return Path(default_storage.path(f"jobs/{job_id}/checkpoint.pt"))
 
 
@@ -217,7 +218,7 @@ def _claim(job_id: int, device_label: str) -> Job | None:
         logger.info("Job %s not run: it no longer exists", job_id)
         return None
     if job.status == Job.Status.RUNNING:
-        if not _holder_is_dead(job, at=now()):
+        if not lease_holder_is_dead(job, at=now()):
             logger.info("Job %s not run: it is running on %s with a live heartbeat", job_id, job.claimed_by)
             return None
         logger.warning("Job %s: taking over from %s, which stopped (attempt %s ended)", job_id, job.claimed_by, job.attempts)
@@ -232,7 +233,7 @@ def _claim(job_id: int, device_label: str) -> Job | None:
         return None
     token = uuid.uuid4().hex
     claimed = Job.objects.filter(id=job_id, status=job.status, lease=job.lease, attempts=job.attempts).update(
-        status=Job.Status.RUNNING, lease=token, claimed_by=_holder_id()[:255], attempts=F("attempts") + 1,
+        status=Job.Status.RUNNING, lease=token, claimed_by=lease_holder_id()[:255], attempts=F("attempts") + 1,
         heartbeat_at=now(), started_at=Coalesce(F("started_at"), now()), worker=_worker_name()[:255],
         device=device_label, error="",
     )
@@ -258,7 +259,7 @@ def job_reap(*, worker: str | None = None, started_at=None) -> int:
     reaped = 0
     for job in Job.objects.filter(suspects, status=Job.Status.RUNNING):
         left_behind = worker and job.worker == worker and (job.heartbeat_at is None or job.heartbeat_at < started_at)
-        if left_behind or _holder_is_dead(job, at=at):
+        if left_behind or lease_holder_is_dead(job, at=at):
             reaped += _take_back(job)
     return reaped
 
@@ -364,14 +365,16 @@ def job_run(*, job_id: int) -> None:
                 _prepare_resume(job, checkpoint)
                 callback.started = time.monotonic()
                 try:
-                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint)
+                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,
+                                      checkpoint_interval_s=settings.JOB_CHECKPOINT_EVERY_S)
                 except ml.CheckpointError as exc:
                     # A checkpoint from other code or settings, or a torn file: start again from scratch.
                     logger.warning("Job %s: checkpoint not usable (%s); training from the start", job.id, exc)
                     checkpoint.unlink(missing_ok=True)
                     _prepare_resume(job, checkpoint, note=f"The checkpoint could not be used ({exc}); training "
                                                           "started again from the first epoch.")
-                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint)
+                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,
+                                      checkpoint_interval_s=settings.JOB_CHECKPOINT_EVERY_S)
                 callback.log_cost()
                 from webapp.registry.services import model_register
 

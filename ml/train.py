@@ -454,14 +454,18 @@ def train(
     device: str | torch.device = "auto",
     progress_interval: float = 0.25,
     checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_interval_s: float | None = None,
 ) -> TrainResult:
     """Train a classifier on `data`. Every callback gets every ProgressEvent; one raising
     Cancelled (or anything else) stops training and the exception propagates.
 
     With `checkpoint_path`, a checkpoint (ml.checkpoint) is written atomically after every epoch
     event, and after the event whose callback raised Cancelled, so it covers every event emitted
-    before it. If the file exists, training resumes from it: the same data order and, on the same
-    device, the same result as a run never stopped; events go on from the next step. A run killed
+    before it. With `checkpoint_interval_s` too, one is also written at the first optimizer step
+    boundary after that many seconds since the last write, so a worker killed mid-epoch loses at
+    most min(one epoch, the interval) of training; each step only checks the clock. If the file
+    exists, training resumes from it: the same data order and, on the same device, the same result
+    as a run never stopped; events go on from the next step. A run killed
     without warning emitted events after its last checkpoint, and a resume emits them again: a
     caller that stores events drops, before resuming, its step events with step > info["step"]
     and its epoch events with epoch > info["epoch"] (info = read_checkpoint_info(path)). A
@@ -470,6 +474,8 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
+    if checkpoint_interval_s is not None and not checkpoint_interval_s >= 0:
+        raise ValueError(f"checkpoint_interval_s must be a number of seconds >= 0 or None, not {checkpoint_interval_s!r}")
     data.validate()
     dev = resolve_device(device)
     precision = choose_precision(dev)
@@ -511,17 +517,22 @@ def train(
             del saved  # the weights now live in the model and optimizer
         eval_batch = max(1, min(EVAL_BATCH, len(x_val)))  # the real size: an out-of-memory notice names it
         last_event = -math.inf  # the first step event goes out at once: the page shows life early
+        # Timed checkpoints only with a path; the clock starts now (a resume has just read one).
+        timed_checkpoints = checkpoint_path is not None and checkpoint_interval_s is not None
+        last_save = time.monotonic()
 
         def emit(event: ProgressEvent) -> None:
             for callback in callbacks:
                 callback(event)
 
         def save() -> None:
+            nonlocal last_save
             write_checkpoint(checkpoint_path, _checkpoint(
                 config=config, data=data, fingerprint=fingerprint, mean=mean, std=std, model=model,
                 optimizer=optimizer, scheduler=scheduler, generator=generator, micro=micro, at=at,
                 total_steps=total_steps, elapsed_s=time.monotonic() - started,
             ))
+            last_save = time.monotonic()
 
         def on_step(stats: RunningStats, lr: float) -> None:
             nonlocal last_event
@@ -530,17 +541,20 @@ def train(
             at.lr = lr
             at.generator_state = generator.get_state()  # a resume draws the next batch from here
             now = time.monotonic()
-            if now - last_event < progress_interval:
-                return
-            last_event = now
-            loss, acc = stats.means()  # the only sync between epoch ends
-            check_finite(loss, epoch=at.epoch + 1, step=at.step)
-            emit(ProgressEvent(
-                kind="step", epoch=at.epoch + 1, epochs=config.epochs, step=at.step, total_steps=total_steps,
-                train_loss=loss, train_acc=acc, val_loss=None, val_acc=None, lr=lr,
-                samples_per_s=(at.samples_done + stats.count) / max(at.train_time(now), 1e-9),
-                elapsed_s=now - started,
-            ))
+            if now - last_event >= progress_interval:
+                last_event = now
+                loss, acc = stats.means()  # the only sync between epoch ends
+                check_finite(loss, epoch=at.epoch + 1, step=at.step)
+                emit(ProgressEvent(
+                    kind="step", epoch=at.epoch + 1, epochs=config.epochs, step=at.step, total_steps=total_steps,
+                    train_loss=loss, train_acc=acc, val_loss=None, val_acc=None, lr=lr,
+                    samples_per_s=(at.samples_done + stats.count) / max(at.train_time(now), 1e-9),
+                    elapsed_s=now - started,
+                ))
+            if timed_checkpoints and now - last_save >= checkpoint_interval_s:
+                # A step boundary: `at` is complete, the same state the cancel path saves. After
+                # the step's event, like the epoch checkpoint: it covers every event emitted.
+                save()
 
         def notice(message: str) -> None:
             now = time.monotonic()

@@ -174,6 +174,13 @@ if not 0 < JOB_HEARTBEAT_S * 2 <= JOB_STALE_AFTER_S:
     raise ImproperlyConfigured("PERCEPTOR_STALE_AFTER_S must be at least twice PERCEPTOR_HEARTBEAT_S (and both above 0)")
 if JOB_REAP_EVERY_S <= 0:
     raise ImproperlyConfigured(f"Unexpected value PERCEPTOR_REAP_EVERY_S={JOB_REAP_EVERY_S}, use a number of seconds above 0")
+# A running job also checkpoints mid-epoch once this many seconds have passed since its last write,
+# so a killed worker loses at most min(one epoch, this) of training; each write is a torch.save
+# of model and optimizer state plus fsyncs, hence not every step.
+JOB_CHECKPOINT_EVERY_S = envint("PERCEPTOR_CHECKPOINT_EVERY_S", 60)
+if JOB_CHECKPOINT_EVERY_S <= 0:
+    raise ImproperlyConfigured(
+        f"Unexpected value PERCEPTOR_CHECKPOINT_EVERY_S={JOB_CHECKPOINT_EVERY_S}, use a number of seconds above 0")
 
 CHANNEL_LAYER = os.getenv("CHANNEL_LAYER", "redis")
 if CHANNEL_LAYER == "redis":

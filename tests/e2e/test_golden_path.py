@@ -50,6 +50,12 @@ def browser_page(live, monkeypatch, request):
         try:
             yield page
         finally:
+            # ORM calls made while Playwright's loop is set up keep Django's connection in a context
+            # that is gone once this block ends, where pytest-django's close_all() cannot see it;
+            # left open, it stops the PostgreSQL test database from being dropped at session end.
+            from django.db import connections
+
+            connections.close_all()
             context.close()
             browser.close()
 

@@ -1,6 +1,9 @@
 """Checkpoint and resume inside ml.train: a stopped run carries on as if it had never stopped."""
 
+import importlib
+import itertools
 import os
+import types
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import torch
 
 import ml.checkpoint
 from ml import Cancelled, CheckpointError, TrainConfig, read_checkpoint_info, train
+
+train_module = importlib.import_module("ml.train")  # `ml.train` is the function, once ml is imported
 
 # resnet with augmentation: the data order and the augmentation draws must both survive a resume.
 CONFIG = TrainConfig(arch="resnet", epochs=3, batch_size=32)
@@ -269,3 +274,83 @@ def test_a_cuda_run_resumes_on_cuda_and_on_cpu(data, tmp_path):
         if resume_on == "cuda":  # same device, same data order: the same curve, up to GPU nondeterminism
             for a, b in zip(result.history, expected.history, strict=True):
                 assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.05)
+
+
+class Killed(Exception):
+    """A worker killed without warning: not Cancelled, so no checkpoint is written on the way out."""
+
+
+def kill_at(step, seen):
+    def callback(event):
+        if event.kind == "step" and event.step == step:
+            raise Killed
+        seen.append(event)
+
+    return callback
+
+
+@pytest.mark.parametrize("killed_at", [3, 7], ids=["first-epoch", "second-epoch"])
+def test_it_resumes_mid_epoch_after_the_worker_is_killed(killed_at, data, uninterrupted, tmp_path):
+    expected, expected_events = uninterrupted
+    path = tmp_path / "run.ckpt"
+    seen = []
+    # An interval of 0: every step boundary is past it, so the last write is the step before the kill.
+    with pytest.raises(Killed):
+        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, checkpoint_interval_s=0,
+              callbacks=[kill_at(killed_at, seen)])
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["step"] == killed_at - 1
+    assert 0 < checkpoint["position"] < PER_EPOCH  # mid-epoch, not an epoch end
+    assert checkpoint["step"] == read_checkpoint_info(path)["step"]
+
+    result = train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, checkpoint_interval_s=0,
+                   callbacks=[seen.append])
+    assert ids(seen) == ids(expected_events)
+    assert [(e.train_loss, e.train_acc, e.lr) for e in seen] == [
+        (e.train_loss, e.train_acc, e.lr) for e in expected_events
+    ]
+    assert_same_run(result, expected)
+
+
+def test_a_timed_checkpoint_is_written_only_once_the_interval_has_passed(data, tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    written = []
+    write = train_module.write_checkpoint
+
+    def spy(p, checkpoint):
+        written.append(checkpoint["step"])
+        write(p, checkpoint)
+
+    monkeypatch.setattr(train_module, "write_checkpoint", spy)
+    clock = itertools.count(0, 10)  # every look at the clock is 10 s later
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    train(CONFIG, data, device="cpu", checkpoint_path=path, checkpoint_interval_s=3600)
+    assert written == [PER_EPOCH, 2 * PER_EPOCH, 3 * PER_EPOCH]  # epoch ends only: an hour never passed
+    written.clear()
+    path.unlink()
+    train(CONFIG, data, device="cpu", checkpoint_path=path, checkpoint_interval_s=1)
+    assert sorted(set(written)) == list(range(1, 3 * PER_EPOCH + 1))  # every step: 10 s > 1 s
+
+
+def test_without_an_interval_only_epochs_and_cancels_write_checkpoints(data, tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    written = []
+    write = train_module.write_checkpoint
+    monkeypatch.setattr(train_module, "write_checkpoint", lambda p, c: (written.append(c["step"]), write(p, c)))
+    with pytest.raises(Killed):
+        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[kill_at(7, [])])
+    assert written == [PER_EPOCH]
+    assert read_checkpoint_info(path)["step"] == PER_EPOCH  # a kill loses the rest of the epoch
+
+
+def test_a_checkpoint_interval_without_a_path_writes_nothing(data, tmp_path, monkeypatch):
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    train(CONFIG, data, device="cpu", checkpoint_interval_s=0)
+    assert os.listdir(folder) == []
+
+
+def test_a_negative_checkpoint_interval_is_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_interval_s must be"):
+        train(CONFIG, data, device="cpu", checkpoint_path=tmp_path / "run.ckpt", checkpoint_interval_s=-1)
