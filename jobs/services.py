@@ -351,9 +351,9 @@ def job_run(*, job_id: int) -> None:
     if TrainedModel.objects.filter(job_id=job.id).exists():
         # The previous attempt stored the model and died before it could say so: the job is done.
         logger.warning("Job %s: its model was stored by the previous attempt; finishing it", job.id)
-        if _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
-                   progress=1.0, eta_s=0.0):
-            shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
+                progress=1.0, eta_s=0.0)
         return
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -379,6 +379,9 @@ def job_run(*, job_id: int) -> None:
                 from webapp.registry.services import model_register
 
                 model = model_register(job=job, result=result)
+                # The model is stored, so the checkpoint is of no more use to anyone (a takeover
+                # finds the model and only finishes the job). Gone before the job reads succeeded.
+                shutil.rmtree(checkpoint.parent, ignore_errors=True)
             except ml.Cancelled:
                 callback.log_cost()
                 if heartbeat.lost:
@@ -392,10 +395,8 @@ def job_run(*, job_id: int) -> None:
                 _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
                         error=_describe_failure(exc))
                 return
-        if _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
-                   progress=1.0, eta_s=0.0):
-            shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the model is stored; free the disk
-        else:
+        if not _finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.SUCCEEDED,
+                       progress=1.0, eta_s=0.0):
             logger.warning("Job %s trained model %s but was no longer running when it finished", job.id, model.pk)
     finally:
         _throttle.forget(job.id)
