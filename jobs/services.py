@@ -96,7 +96,7 @@ def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | N
     try:
         with transaction.atomic():
             job = Job.objects.create(owner=user, dataset=current, config=train_config.to_dict(),
-                                     idempotency_key=idempotency_key, queue=_default_queue())
+                                     idempotency_key=idempotency_key, queue=default_queue())
             transaction.on_commit(lambda: _enqueue(job.id, job.queue))
     except IntegrityError:
         # Two submits with one key raced past the lookup above: the unique constraint let one in.
@@ -110,7 +110,8 @@ def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | N
     return job
 
 
-def _default_queue() -> str:
+def default_queue() -> str:
+    """The Celery queue this process sends to; stored on what it queues, so a requeue goes back there."""
     from webapp.celery import app
 
     return app.conf.task_default_queue or ""

@@ -475,7 +475,7 @@ def test_an_unreachable_task_queue_fails_the_dataset_instead_of_the_request(
     def broker_down(*args, **kwargs):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(ingest_dataset, "delay", broker_down)
+    monkeypatch.setattr(ingest_dataset, "apply_async", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         response = post_upload(alice_client, shapes_zip(tmp_path))
     dataset = Dataset.objects.get()

@@ -105,7 +105,7 @@ def test_an_ingest_that_lost_its_lease_stops_and_writes_nothing(pending, monkeyp
 
 def test_the_reaper_queues_a_dead_ingest_again(pending, monkeypatch, django_capture_on_commit_callbacks):
     queued = []
-    monkeypatch.setattr(services, "_queue_ingest", queued.append)
+    monkeypatch.setattr(services, "_queue_ingest", lambda dataset_id, queue: queued.append(dataset_id))
     left_ingesting(pending, attempts=1)
     with django_capture_on_commit_callbacks(execute=True):
         assert dataset_reap() == 1
@@ -118,7 +118,7 @@ def test_the_reaper_queues_a_dead_ingest_again(pending, monkeypatch, django_capt
 
 
 def test_the_reaper_fails_a_dead_ingest_out_of_attempts(pending, monkeypatch):
-    monkeypatch.setattr(services, "_queue_ingest", lambda dataset_id: pytest.fail("queued again"))
+    monkeypatch.setattr(services, "_queue_ingest", lambda dataset_id, queue: pytest.fail("queued again"))
     left_ingesting(pending, attempts=MAX_INGEST_ATTEMPTS)
     assert dataset_reap() == 1
     pending.refresh_from_db()

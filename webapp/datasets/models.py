@@ -34,6 +34,7 @@ class Dataset(models.Model):
     lease = models.CharField(max_length=32, blank=True)
     claimed_by = models.CharField(max_length=255, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    queue = models.CharField(max_length=255, blank=True)  # where its ingest is sent; the reaper sends it back there
 
     # Filled in by ingestion (a summary of dataset.json, so lists and the API need no file reads).
     num_samples = models.PositiveIntegerField(default=0)

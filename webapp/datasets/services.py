@@ -33,7 +33,7 @@ from PIL import Image
 
 from jobs.models import Job
 # The lease and heartbeat rules of jobs, shared so that ingests and jobs are judged dead alike.
-from jobs.services import heartbeat_s, lease_holder_id, lease_holder_is_dead, stale_after_s
+from jobs.services import default_queue, heartbeat_s, lease_holder_id, lease_holder_is_dead, stale_after_s
 from ml.archive import ArchiveLimits, DatasetError, sniff_format
 from ml.ingest import ingest_image_archive
 from ml.synthetic import write_shapes_archive
@@ -127,7 +127,7 @@ def dataset_create(*, owner, name: str, archive: File, options: dict, queue_inge
     then. queue_ingest=False leaves the ingest to the caller (create_demo).
     """
     name, options = dataset_validate(name=name, archive=archive, options=options)
-    dataset = Dataset(owner=owner, name=name, kind=Dataset.Kind.IMAGE, options=options)
+    dataset = Dataset(owner=owner, name=name, kind=Dataset.Kind.IMAGE, options=options, queue=default_queue())
     archive.seek(0)
     dataset.archive.save(Path(archive.name).name, archive, save=False)
     try:
@@ -137,15 +137,15 @@ def dataset_create(*, owner, name: str, archive: File, options: dict, queue_inge
         dataset.archive.delete(save=False)  # no row, no file
         raise
     if queue_ingest:
-        transaction.on_commit(lambda: _queue_ingest(dataset.id))
+        transaction.on_commit(lambda: _queue_ingest(dataset.id, dataset.queue))
     return dataset
 
 
-def _queue_ingest(dataset_id: int) -> None:
+def _queue_ingest(dataset_id: int, queue: str) -> None:
     from webapp.datasets.tasks import ingest_dataset  # tasks import this module
 
     try:
-        ingest_dataset.delay(dataset_id)
+        ingest_dataset.apply_async((dataset_id,), queue=queue or None)
     except Exception:  # the broker is down: say so on the dataset page instead of a 500
         logger.exception("Could not queue the ingest of dataset %s", dataset_id)
         Dataset.objects.filter(id=dataset_id, status=Dataset.Status.PENDING).update(
@@ -368,7 +368,7 @@ def dataset_reap() -> int:
             requeued = Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
                 status=Dataset.Status.PENDING, lease="", claimed_by="", heartbeat_at=None, progress=0.0)
             if requeued:
-                transaction.on_commit(lambda dataset_id=dataset.id: _queue_ingest(dataset_id))
+                transaction.on_commit(lambda dataset_id=dataset.id, queue=dataset.queue: _queue_ingest(dataset_id, queue))
         if requeued:
             logger.warning("Dataset %s: its ingest worker %s stopped (heartbeat %s); queued again, attempt %s of %s "
                            "done", dataset.id, dataset.claimed_by, dataset.heartbeat_at, dataset.attempts,
