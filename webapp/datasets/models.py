@@ -11,6 +11,7 @@ class Dataset(models.Model):
 
     class Kind(models.TextChoices):
         IMAGE = "image", "Images"
+        AUDIO = "audio", "Speech"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting to ingest"
@@ -45,6 +46,9 @@ class Dataset(models.Model):
     width = models.PositiveIntegerField(default=0)
     channels = models.PositiveSmallIntegerField(default=0)
     skipped = models.JSONField(default=list, blank=True)  # [{"file": "cat/x.jpg", "reason": "..."}]
+    # Speech only: sample_rate, clip_samples, num_test, durations {min, mean, median, max} (seconds,
+    # before fitting), trimmed, padded, split ("lists" | "random"), noise_seconds, warnings.
+    info = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     ingested_at = models.DateTimeField(null=True, blank=True)
