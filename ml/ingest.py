@@ -1,5 +1,8 @@
 """Turn an archive of class folders into the `perceptor-images/1` arrays (docs/architecture.md).
 
+`ingest_archive` is the front door for both kinds: it looks at the files (images or audio clips,
+`detect_kind`) and hands speech archives to `ml.ingest_audio`, which reuses the helpers below.
+
     cat/1.jpg, cat/2.png, dog/a/b/3.jpg   ->   images.npy (N,H,W,C) uint8, labels.npy, dataset.json
 
 Two passes over the archive keep memory flat however big it is: pass 1 reads only image headers
@@ -18,13 +21,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from ml.archive import ArchiveLimits, DatasetError, Member, open_archive
 from ml.images import ImageDecodeError, decode_image, is_grayscale, open_image
 
-__all__ = ["ingest_image_archive", "IngestReport", "DatasetError", "ArchiveLimits", "FORMAT"]
+if TYPE_CHECKING:
+    from ml.ingest_audio import AudioIngestReport
+
+__all__ = ["ingest_archive", "detect_kind", "ingest_image_archive", "IngestReport", "DatasetError",
+           "ArchiveLimits", "FORMAT", "KINDS"]
 
 FORMAT = "perceptor-images/1"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif"}
@@ -37,6 +45,8 @@ SAMPLES_PER_CLASS = 8  # thumbnails listed in dataset.json
 COPY_CHUNK_BYTES = 64 * 1024 * 1024  # rows gathered at once when ordering train-then-val
 
 Progress = Callable[[int, int], None]
+KINDS = ("auto", "image", "audio")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -55,6 +65,7 @@ class IngestReport:
     options: dict
     resized: bool
     format: str = FORMAT
+    kind: ClassVar[str] = "image"  # what ingest_archive produced; not part of dataset.json
 
     @property
     def num_samples(self) -> int:
@@ -110,21 +121,27 @@ def ingest_image_archive(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    options = {"image_size": image_size, "val_fraction": val_fraction, "seed": seed}
+    return _build_atomically(out_dir, lambda work: _ingest(Path(archive_path), work, options, limits, progress))
+
+
+def _build_atomically(out_dir: str | os.PathLike, build: Callable[[Path], _T]) -> _T:
+    """Run build(work) in a hidden sibling folder of out_dir, then rename it to out_dir (replacing
+    what was there). On any failure, or an interrupt, both the work folder and out_dir are removed."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed worker
         shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     os.chmod(work, 0o755)  # mkdtemp makes it private; the web server must read what the worker wrote
-    options = {"image_size": image_size, "val_fraction": val_fraction, "seed": seed}
     try:
-        report = _ingest(Path(archive_path), work, options, limits, progress)
+        result = build(work)
         _replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    return report
+    return result
 
 
 def _ingest(archive_path: Path, work: Path, options: dict, limits: ArchiveLimits,
@@ -212,8 +229,10 @@ def _skip_on_error(cand: _Candidate, skipped: list[dict[str, str]]) -> Iterator[
         skipped.append({"file": cand.path, "reason": f"cannot decode image ({type(exc).__name__})"})
 
 
-def _select(members: list[Member], skipped: list[dict[str, str]]) -> list[_Candidate]:
-    """Image files in class folders. Class = first folder, after stripping one single top folder."""
+def _walk(members: list[Member]) -> list[tuple[Member, tuple[str, ...]]]:
+    """(member, path parts below the dataset's root) for every file that is not system litter.
+
+    The root is the archive's top, or its one single top folder when everything is inside it."""
     files = []
     for member in members:
         parts = PurePosixPath(member.name).parts
@@ -224,10 +243,14 @@ def _select(members: list[Member], skipped: list[dict[str, str]]) -> list[_Candi
     # Only when something lies deeper, so that "cat/1.png, cat/2.png" stays one class, "cat".
     tops = {parts[0] for _, parts in files if len(parts) > 1}
     strip = len(tops) == 1 and any(len(parts) > 2 for _, parts in files)
+    return [(member, parts[1:] if strip and len(parts) > 1 else parts) for member, parts in files]
+
+
+def _select(members: list[Member], skipped: list[dict[str, str]]) -> list[_Candidate]:
+    """Image files in class folders. Class = first folder, after stripping one single top folder."""
     candidates = []
-    for member, parts in files:
-        rel = parts[1:] if strip and len(parts) > 1 else parts
-        extension = PurePosixPath(parts[-1]).suffix.lower()
+    for member, rel in _walk(members):
+        extension = PurePosixPath(rel[-1]).suffix.lower()
         if len(rel) < 2:
             skipped.append({"file": member.name, "reason": "not inside a class folder"})
         elif extension not in IMAGE_EXTENSIONS:
@@ -311,3 +334,57 @@ def _replace_dir(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, out_dir)
+
+
+# --- Both kinds ---------------------------------------------------------------------------------
+
+
+def detect_kind(archive_path: str | os.PathLike, limits: ArchiveLimits = ArchiveLimits()) -> str:
+    """Say "audio" when the archive holds more audio clips than images, else "image" (also when it
+    holds neither, so that the image ingester's refusal explains what a dataset looks like).
+
+    Only names are looked at (no member is read). Raises DatasetError for a refused archive."""
+    from ml.audio import AUDIO_EXTENSIONS
+
+    images = clips = 0
+    with open_archive(archive_path, limits) as archive:
+        for _, rel in _walk(archive.members):
+            extension = PurePosixPath(rel[-1]).suffix.lower()
+            images += extension in IMAGE_EXTENSIONS
+            clips += extension in AUDIO_EXTENSIONS
+    return "audio" if clips > images else "image"
+
+
+def ingest_archive(
+    archive_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    kind: Literal["auto", "image", "audio"] = "auto",
+    image_size: int = 64,
+    clip_seconds: float = 1.0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    max_clip_seconds: float = 30.0,
+    limits: ArchiveLimits = ArchiveLimits(),
+    progress: Progress | None = None,
+) -> IngestReport | AudioIngestReport:
+    """Ingest an archive of images or of audio clips (kind="auto" decides from the files).
+
+    The report's .kind says which it was: "image" (perceptor-images/1, image_size applies) or
+    "audio" (perceptor-audio/1, clip_seconds and max_clip_seconds apply)."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown dataset kind {kind!r}. Choose one of: {', '.join(KINDS)}")
+    if kind == "auto":
+        try:
+            kind = detect_kind(archive_path, limits)
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a refusal leaves no dataset, as in the ingesters
+            raise
+    if kind == "audio":
+        from ml.ingest_audio import ingest_audio_archive
+
+        return ingest_audio_archive(archive_path, out_dir, clip_seconds=clip_seconds, val_fraction=val_fraction,
+                                    seed=seed, max_clip_seconds=max_clip_seconds, limits=limits,
+                                    progress=progress)
+    return ingest_image_archive(archive_path, out_dir, image_size=image_size, val_fraction=val_fraction,
+                                seed=seed, limits=limits, progress=progress)

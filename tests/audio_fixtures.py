@@ -96,3 +96,50 @@ def clip_arrays(n: int, *, classes: Sequence[str] = CLASSES, seed: int = 0,
     rng.shuffle(y)
     x = np.stack([class_clip(classes[k], rng, sample_rate) for k in y]) if n else np.zeros((0, sample_rate))
     return (np.clip(x, -1, 1) * 32767).astype(np.int16), y.astype(np.int64)
+
+
+def flac_declaring(wave: np.ndarray, declared_frames: int, sample_rate: int = RATE) -> bytes:
+    """A FLAC file of `wave` whose header (STREAMINFO) claims `declared_frames` samples: what a
+    crafted or truncated upload looks like. libsndfile trusts this field (it clamps a WAV's)."""
+    data = bytearray(wav_bytes(wave, sample_rate, "PCM_16", "FLAC"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0, "STREAMINFO must be the first metadata block"
+    # STREAMINFO body starts at byte 8; after 10 bytes of block/frame sizes come 20 bits of rate,
+    # 3 of channels, 5 of bits per sample and 36 of total samples: a big-endian 64-bit field.
+    field = int.from_bytes(data[18:26], "big")
+    field = (field & ~((1 << 36) - 1)) | (declared_frames & ((1 << 36) - 1))
+    data[18:26] = field.to_bytes(8, "big")
+    return bytes(data)
+
+
+def speech_commands_files(*, words: Sequence[str] = ("no", "up", "yes"), per_word: int = 6, seed: int = 0,
+                          validation: Sequence[int] = (1,), testing: Sequence[int] = (2, 3),
+                          noise_seconds: Sequence[float] = (3.0, 2.5), top: str = "",
+                          listed_but_missing: bool = True) -> dict[str, bytes]:
+    """The Google Speech Commands layout, small: `<word>/<hex>_nohash_<i>.wav` (16 kHz PCM_16, 1 s,
+    every clip different), `validation_list.txt` / `testing_list.txt` naming the clips whose index is
+    in `validation` / `testing` (plus a file that does not exist), `_background_noise_/` with one
+    noise recording per `noise_seconds` (the second and later at 44.1 kHz) and its README.md, and
+    LICENSE. `top` puts everything inside one folder, as zipping a folder does."""
+    rng = np.random.default_rng(seed)
+    labels = ("low", "high", "sweep")
+    files: dict[str, bytes] = {}
+    val_list, test_list = [], []
+    for w, word in enumerate(words):
+        for i in range(per_word):
+            name = f"{word}/{(w * 1000 + i) * 2654435761 % 2**32:08x}_nohash_{i}.wav"
+            files[name] = wav_bytes(class_clip(labels[w % 3], rng))
+            (val_list if i in validation else test_list if i in testing else []).append(name)
+    if listed_but_missing:
+        val_list.append(f"{words[0]}/ffffffff_nohash_9.wav")
+    for k, seconds in enumerate(noise_seconds):
+        rate = RATE if k == 0 else 44_100
+        noise = rng.normal(0, 0.1, int(round(seconds * rate))).astype(np.float32)
+        files[f"_background_noise_/noise_{k}.wav"] = wav_bytes(noise, rate)
+    if noise_seconds:
+        files["_background_noise_/README.md"] = b"Noise recordings for augmentation.\n"
+    files["validation_list.txt"] = ("\n".join(val_list) + "\n").encode()
+    files["testing_list.txt"] = ("\n".join(test_list) + "\n").encode()
+    files["LICENSE"] = b"CC BY 4.0\n"
+    if top:
+        files = {f"{top}/{name}": data for name, data in files.items()}
+    return files
