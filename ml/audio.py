@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16_000
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})  # what libsndfile 1.2 reads
 # 25 ms windows every 10 ms at 16 kHz: the nets' front end and the pages' spectrograms use it.
 MEL = dict(n_fft=512, win_length=400, hop_length=160, n_mels=40, f_min=20.0, f_max=8000.0)
 SILENCE_DBFS = -50.0  # a clip whose peak stays below this is "silent" (kept, but warned about)

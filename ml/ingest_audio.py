@@ -41,10 +41,9 @@ LIST_FILES = {"validation_list.txt": "val", "testing_list.txt": "test"}  # Speec
 # Background noise is only mixed into training clips, a few seconds at a time; ten minutes is plenty
 # (Speech Commands ships about 6.5) and bounds memory and disk whatever is uploaded.
 NOISE_MAX_SECONDS = 600.0
-ACCEPTED = "WAV, FLAC, OGG"
+ACCEPTED = "WAV, FLAC, OGG, Opus, MP3, AIFF"
 # Audio a user may well have, which soundfile is not asked to read here: the reason says what to do.
-OTHER_AUDIO = {".mp3", ".m4a", ".aac", ".wma", ".opus", ".aif", ".aiff", ".aifc", ".amr", ".webm", ".mp4",
-               ".3gp", ".caf", ".au", ".mka"}
+OTHER_AUDIO = {".m4a", ".aac", ".wma", ".aifc", ".amr", ".webm", ".mp4", ".3gp", ".caf", ".au", ".mka"}
 
 
 @dataclass

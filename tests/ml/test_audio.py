@@ -43,6 +43,7 @@ FORMATS = [  # (container, subtype, source rate, channels, largest error against
     ("OGG", "OPUS", 48_000, 1, 0.05),  # voice notes: Opus in an .ogg
     ("WAV", "ULAW", 8_000, 1, 0.03),  # telephone recordings
     ("WAV", "MS_ADPCM", 8_000, 1, 0.08),
+    ("AIFF", "PCM_16", 44_100, 2, 2e-3),
 ]
 
 
@@ -62,6 +63,18 @@ def test_every_format_depth_rate_and_layout_decodes_to_the_same_16khz_mono_wave(
     ideal = tone(1000, 0.5, SAMPLE_RATE)
     middle = slice(800, 7200)  # away from the resampler's edges
     assert np.abs(wave[middle] - ideal[middle]).max() < tolerance
+
+
+def test_mp3_decodes_to_the_tone_at_16khz():
+    """MP3 frames carry encoder delay and padding, so only the length within a frame and the pitch
+    are compared, not the samples."""
+    data = wav_bytes(tone(1000, 0.5, 44_100), 44_100, "MPEG_LAYER_III", "MP3")
+
+    wave = decode_audio(data)
+
+    assert abs(len(wave) - 8000) <= 1152 * 16_000 // 44_100 + 1  # at most one MP3 frame off
+    assert peak_hz(wave) == pytest.approx(1000, abs=4)
+    assert rms(wave) == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
 
 
 def test_stereo_channels_are_averaged():

@@ -135,7 +135,7 @@ def test_unusable_files_are_skipped_with_a_reason_each(tmp_path, out):
         "README.txt": b"hello",
         "yes/notes.csv": b"a,b",
         "yes/noextension": b"?",
-        "yes/old.mp3": b"ID3...",
+        "yes/old.m4a": b"....ftypM4A",
         "no/garbage.wav": b"this is not a wav file",
         "no/empty.wav": wav_bytes(np.zeros(0, np.float32)),
         "no/long.wav": clip(440, 3.0, 8000),
@@ -149,9 +149,9 @@ def test_unusable_files_are_skipped_with_a_reason_each(tmp_path, out):
     reasons = {s["file"]: s["reason"] for s in report.skipped}
     assert reasons == {
         "README.txt": "not inside a class folder",
-        "yes/notes.csv": "not an audio file: .csv files are not used (WAV, FLAC, OGG are)",
-        "yes/noextension": "not an audio file: files without an extension are not used (WAV, FLAC, OGG are)",
-        "yes/old.mp3": ".mp3 files are not used (WAV, FLAC, OGG are); convert them to WAV or FLAC",
+        "yes/notes.csv": "not an audio file: .csv files are not used (WAV, FLAC, OGG, Opus, MP3, AIFF are)",
+        "yes/noextension": "not an audio file: files without an extension are not used (WAV, FLAC, OGG, Opus, MP3, AIFF are)",
+        "yes/old.m4a": ".m4a files are not used (WAV, FLAC, OGG, Opus, MP3, AIFF are); convert them to WAV or FLAC",
         "no/garbage.wav": "not an audio file (soundfile: Format not recognised.)",
         "no/empty.wav": "empty clip: it has no samples",
         "no/long.wav": "clip is 3.0 s long; the longest accepted is 2.5 s",
