@@ -10,6 +10,7 @@ Keys (all written by ml.train):
     format            "perceptor-checkpoint/1"
     config            TrainConfig.to_dict()
     fingerprint       data_fingerprint(data): shapes, classes, hashes of labels and a few images
+                      (speech: clips, plus sample rate, test split and noise)
     input_spec, mean, std, classes
     model, optimizer, scheduler      state dicts
     rng               {"torch", "cuda", "numpy", "python", "generator", "generator_device",
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.data import ImageData
+from ml.data import AudioData, ImageData
 
 FORMAT = "perceptor-checkpoint/1"
 # Images hashed for the fingerprint, evenly spaced: enough to tell re-ingested data apart, cheap
@@ -49,23 +50,39 @@ class CheckpointError(Exception):
     which; the caller decides whether to start over."""
 
 
-def data_fingerprint(data: ImageData) -> dict[str, Any]:
-    """Shapes, classes and hashes of all labels and a sample of images: a checkpoint must never
-    resume onto other data."""
+def data_fingerprint(data: ImageData | AudioData) -> dict[str, Any]:
+    """Shapes, classes and hashes of all labels and a sample of images (or clips): a checkpoint
+    must never resume onto other data. Speech adds the sample rate, the test split and a hash of
+    the background noise (training mixes it in)."""
+    audio = getattr(data, "modality", "image") == "audio"
     labels = hashlib.sha256()
-    images = hashlib.sha256()
-    for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
+    samples = hashlib.sha256()
+    splits = [(data.x_train, data.y_train), (data.x_val, data.y_val)]
+    if audio and data.x_test is not None:
+        splits.append((data.x_test, data.y_test))
+    for x, y in splits:
         labels.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
         if len(x):
             idx = np.unique(np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_IMAGES)).astype(np.int64))
-            images.update(np.ascontiguousarray(x[idx]).tobytes())
-    return {
+            samples.update(np.ascontiguousarray(x[idx]).tobytes())
+    fingerprint = {
         "train_shape": list(data.x_train.shape),
         "val_shape": list(data.x_val.shape),
         "classes": list(data.classes),
         "labels_sha256": labels.hexdigest(),
-        "images_sha256": images.hexdigest(),
     }
+    if not audio:
+        fingerprint["images_sha256"] = samples.hexdigest()
+        return fingerprint
+    noise = np.ascontiguousarray(data.noise if data.noise is not None else np.zeros(0, np.int16))
+    fingerprint.update(
+        sample_rate=int(data.sample_rate),
+        test_shape=list(data.x_test.shape) if data.x_test is not None else None,
+        noise_samples=len(noise),
+        clips_sha256=samples.hexdigest(),
+        noise_sha256=hashlib.sha256(noise.tobytes()).hexdigest(),  # ~MBs at most: hashing it all is cheap
+    )
+    return fingerprint
 
 
 def capture_rng(

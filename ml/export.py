@@ -17,21 +17,45 @@ WEIGHTS = "model.safetensors"
 META = "model.json"
 
 
-def model_metadata(result: TrainResult) -> dict:
-    """model.json: what `load_predictor` needs (and a person reading it wants), nothing else."""
+def _input_and_preprocessing(result: TrainResult) -> tuple[dict, dict]:
     model = result.model
-    return {
-        "format": FORMAT,
-        "arch": model.arch,
-        "arch_args": model.arch_args,
-        "classes": list(result.classes),
-        "input": {**result.input_spec, "dtype": "uint8", "layout": "NCHW"},
-        "preprocessing": {
+    if result.modality == "audio":
+        return (
+            # float32 N×L waveforms in [-1, 1] at sample_rate; the front end is inside the model
+            {**result.input_spec, "dtype": "float32", "layout": "NL"},
+            {
+                "mean": model.normalise.mean.flatten().tolist(),  # one per feature row
+                "std": model.normalise.std.flatten().tolist(),
+                "features": dict(model.frontend.settings),
+                # decode_audio resamples to sample_rate (mono); fit_length pads (centred) or keeps the
+                # loudest clip_samples window, as ingestion did
+                "fit_length": "zero-pad centred / loudest window",
+            },
+        )
+    return (
+        {**result.input_spec, "dtype": "uint8", "layout": "NCHW"},
+        {
             "mean": model.preprocess.mean.flatten().tolist(),
             "std": model.preprocess.std.flatten().tolist(),
             # decode_image squashes any upload to height×width with bilinear resampling
             "resize": "bilinear squash",
         },
+    )
+
+
+def model_metadata(result: TrainResult) -> dict:
+    """model.json: what `load_predictor` needs (and a person reading it wants), nothing else.
+    "input" says the modality: images {"height", "width", "channels", "dtype": "uint8", "layout":
+    "NCHW"}; speech {"kind": "audio", "sample_rate", "clip_samples", "dtype": "float32", "layout": "NL"}."""
+    model = result.model
+    spec, preprocessing = _input_and_preprocessing(result)
+    return {
+        "format": FORMAT,
+        "arch": model.arch,
+        "arch_args": model.arch_args,
+        "classes": list(result.classes),
+        "input": spec,
+        "preprocessing": preprocessing,
         "metrics": result.metrics,
         "config": result.config.to_dict(),
         "device": result.device,

@@ -1,8 +1,11 @@
 """The training loop: whole-batch tensor augmentation, one-cycle schedule, progress callbacks.
 
-The dataset stays one uint8 tensor on the training device; batches are indexed from it and
-augmented as whole tensors, so there is no per-sample Python and no DataLoader. Running loss and
-accuracy are accumulated on the device and read back (a GPU sync) only when an event is due.
+The dataset stays one tensor on the training device (uint8 images, or int16 clips for speech);
+batches are indexed from it and augmented as whole tensors, so there is no per-sample Python and
+no DataLoader. Running loss and accuracy are accumulated on the device and read back (a GPU sync)
+only when an event is due. `train` serves both modalities: only the data preparation, the
+augmentation and the network differ; schedule, callbacks, checkpoints, resume, cancel and
+out-of-memory handling are shared.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from ml.checkpoint import (
     write_checkpoint,
 )
 from ml.config import TrainConfig
-from ml.data import ImageData
-from ml.nets import build_model
+from ml.data import AudioData, ImageData
+from ml.nets import AudioFeatures, build_audio_frontend, build_audio_model, build_model, check_modality
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,30 @@ SHIFT_FRACTION = 1 / 16
 STATS_SAMPLE = 10_000
 # Evaluation needs no gradients, so it can use bigger batches than training.
 EVAL_BATCH = 1024
+
+# Speech augmentation, drawn per clip from the run's generator on whole batches (augment_audio).
+# Speed perturbation (Ko et al. 2015, Kaldi's 0.9/1.0/1.1): playing a clip faster or slower moves
+# pitch and formants together, the cheapest stand-in for another speaker's voice.
+SPEED_RANGE = (0.85, 1.15)
+# Time shifts up to ±100 ms, zero filled: words are not always centred in a recording.
+AUDIO_SHIFT_SECONDS = 0.1
+# Background noise (the dataset's own, e.g. Speech Commands' _background_noise_) is mixed into this
+# share of clips at a signal-to-noise ratio drawn from NOISE_SNR_DB; without recorded noise, light
+# white noise at WHITE_NOISE_SNR_DB instead, so the net does not rely on perfectly clean silence.
+# Light on purpose: band-limited recordings (FSDD is 8 kHz: nothing above 4 kHz) and the digital
+# silence fit_length pads with are empty rows of the log-mel image at evaluation; stronger white
+# noise fills them in training only, and the nets then learn a difference they never see again.
+NOISE_PROBABILITY = 0.8
+NOISE_SNR_DB = (5.0, 20.0)
+WHITE_NOISE_SNR_DB = (30.0, 50.0)
+# Random gain (dB): recordings come at any level; log features turn gain into an offset.
+GAIN_DB = (-6.0, 6.0)
+# Feature mean/std are estimated from at most this many training clips.
+AUDIO_STATS_SAMPLE = 2_000
+# Gradient norm clip for every speech network. The recurrent ones need it (an exploding gradient
+# through 100 time steps throws a run away in one step); the CNNs barely ever reach it with Adam's
+# per-parameter step sizes, and one code path for all speech nets keeps runs comparable.
+AUDIO_CLIP_GRAD_NORM = 1.0
 
 
 class Cancelled(Exception):
@@ -80,13 +107,16 @@ class TrainResult:
     model: nn.Module  # on CPU, in eval mode
     config: TrainConfig
     classes: list[str]
-    input_spec: dict[str, int]  # {"height", "width", "channels"}
+    input_spec: dict[str, Any]  # images {"height", "width", "channels"}; audio {"kind", "sample_rate", "clip_samples"}
     history: list[dict[str, Any]]  # one dict per epoch: the epoch event's fields
-    metrics: dict[str, float | None]  # val_acc, val_loss, train_acc, train_loss, samples_per_s, duration_s
+    # val_acc, val_loss, train_acc, train_loss, samples_per_s, duration_s; + test_acc, test_loss
+    # when the data has a test split (speech datasets can)
+    metrics: dict[str, float | None]
     confusion: list[list[int]]  # validation counts, rows = true class, columns = predicted; [] if no val
     device: str
     batch_size: int  # micro-batch finally used: images per forward pass (smaller after GPU out-of-memory)
     accumulation: int  # micro-batches per optimizer step; batch_size × accumulation ≈ config.batch_size
+    modality: str = "image"  # "image" or "audio": the data it was trained on
 
 
 @dataclass(frozen=True)
@@ -201,12 +231,88 @@ def channel_stats(x: np.ndarray, *, seed: int, sample: int = STATS_SAMPLE) -> tu
     return mean.tolist(), std.tolist()
 
 
+def feature_stats(
+    frontend: AudioFeatures, x: np.ndarray, *, seed: int, sample: int = AUDIO_STATS_SAMPLE, batch: int = 256
+) -> tuple[list[float], list[float]]:
+    """Per-feature-row mean and std of the front end's features over a sample of int16 N×L clips
+    (on the CPU, float64 sums): the speech counterpart of channel_stats."""
+    n = len(x)
+    if n > sample:
+        x = x[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+    total = total_sq = None
+    count = 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            feats = frontend(torch.from_numpy(np.array(x[start : start + batch], dtype=np.int16))).double()
+            s, sq = feats.sum(dim=(0, 2)), (feats * feats).sum(dim=(0, 2))
+            total = s if total is None else total + s
+            total_sq = sq if total_sq is None else total_sq + sq
+            count += feats.shape[0] * feats.shape[2]
+    mean = total / count
+    # Floor 1 (natural-log units, ~4 dB): a row that is (almost) constant in the data, like the
+    # bands above 4 kHz of 8 kHz recordings, must not turn tiny differences (noise, another
+    # microphone) into hundreds of standard deviations.
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1.0)
+    return mean.tolist(), std.tolist()
+
+
 def to_device_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """One copy of an N×H×W×C uint8 array on the device, viewed as NCHW (channels_last strides)."""
     t = torch.from_numpy(np.array(x, dtype=x.dtype, copy=True))  # copy: memory maps are read-only
     if device.type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
     return t.permute(0, 3, 1, 2)
+
+
+def to_device_clips(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One copy of an int16 N×L clip array (or 1-D noise) on the device."""
+    t = torch.from_numpy(np.array(x, dtype=np.int16, copy=True))  # copy: memory maps are read-only
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def _uniform(n: int, low: float, high: float, *, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, 1, generator=generator, device=device)
+
+
+def augment_audio(
+    x: torch.Tensor, *, generator: torch.Generator, shift: int, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """int16 N×L clips -> float32 in [-1, 1], per clip: a speed change in SPEED_RANGE about the
+    clip's centre (linear interpolation), a time shift of up to ±`shift` samples (both zero
+    filled), background noise from `noise` (int16 1-D, ≥ L samples: a random segment at a random
+    SNR, with probability NOISE_PROBABILITY) or else light white noise, and a random gain.
+    Whole-batch tensor operations; every draw comes from `generator`, in a fixed order."""
+    n, length = x.shape
+    dev = x.device
+    wave = x.float() / 32768.0
+    # Speed and shift in one resampling: out[t] = wave[centre + (t - centre) * speed - s].
+    speed = _uniform(n, *SPEED_RANGE, generator=generator, device=dev)
+    s = torch.randint(-shift, shift + 1, (n, 1), generator=generator, device=dev)
+    centre = (length - 1) / 2
+    source = centre + (torch.arange(length, device=dev) - centre) * speed - s
+    left = source.floor()
+    frac = source - left
+    left = left.long()
+    inside_left = (left >= 0) & (left < length)
+    inside_right = (left + 1 >= 0) & (left + 1 < length)
+    wave = (wave.gather(1, left.clamp(0, length - 1)) * inside_left * (1 - frac)
+            + wave.gather(1, (left + 1).clamp(0, length - 1)) * inside_right * frac)
+    power = wave.square().mean(1, keepdim=True)
+    use = torch.rand(n, 1, generator=generator, device=dev) < NOISE_PROBABILITY
+    if noise is not None:
+        start = (torch.rand(n, 1, generator=generator, device=dev) * (len(noise) - length + 1)).long()
+        mix = noise[start + torch.arange(length, device=dev)].float() / 32768.0
+        snr_db = _uniform(n, *NOISE_SNR_DB, generator=generator, device=dev)
+    else:
+        mix = torch.randn(n, length, generator=generator, device=dev)
+        snr_db = _uniform(n, *WHITE_NOISE_SNR_DB, generator=generator, device=dev)
+    mix_power = mix.square().mean(1, keepdim=True).clamp_min(1e-10)
+    scale = torch.sqrt(power / (mix_power * 10.0 ** (snr_db / 10.0))) * use
+    wave = wave + mix * scale
+    gain = 10.0 ** (_uniform(n, *GAIN_DB, generator=generator, device=dev) / 20.0)
+    return (wave * gain).clamp_(-1.0, 1.0)
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -259,6 +365,31 @@ def epoch_batches(
             # so the data, do not depend on gradient accumulation.
             xb = augment_batch(xb, generator=generator, shift=shift)
         yield xb.contiguous(memory_format=torch.channels_last), y[idx]
+
+
+def audio_epoch_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perm: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool,
+    shift: int,
+    noise: torch.Tensor | None,
+    skip: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """epoch_batches for int16 N×L clips: the same order, laziness and single-clip rule; augmented
+    batches come out as float32 waveforms, plain ones as int16 (the model scales both alike)."""
+    n = len(x)
+    for start in range(skip * batch_size, n, batch_size):
+        idx = perm[start : start + batch_size]
+        if len(idx) == 1 and n > 1:
+            break
+        xb = x[idx]
+        if augment:
+            xb = augment_audio(xb, generator=generator, shift=shift, noise=noise)
+        yield xb, y[idx]
 
 
 def check_finite(loss: float, *, epoch: int, step: int) -> None:
@@ -359,13 +490,15 @@ def train_one_epoch(
     micro: MicroBatching,
     on_step: Callable[[RunningStats, float], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> RunningStats:
     """One pass over `batches`, adding to `stats` (on the device; a resumed epoch brings its own).
 
     `on_step(stats, lr)` is called after every complete optimizer step (scheduler moved on; `lr` is
     the rate that step used) and decides itself whether it is worth a sync. On GPU out-of-memory
     the step is retried with half the micro-batch (`micro` changes; `on_notice` hears of it) until
-    MicroBatching.can_halve() says no, and then the error propagates."""
+    MicroBatching.can_halve() says no, and then the error propagates. With `clip_grad_norm`, the
+    whole batch's gradient is scaled down to at most that norm before each step."""
     model.train()
     for xb, yb in batches:
         while True:
@@ -386,6 +519,8 @@ def train_one_epoch(
             message = micro.halve()
             if on_notice is not None:
                 on_notice(message)
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         for part in parts:
             stats.add(*part)
@@ -414,7 +549,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=precision.device)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+            xb = _layout(x[start : start + batch_size])
             yb = y[start : start + batch_size]
             with precision.autocast():
                 logits = model(xb)
@@ -424,6 +559,18 @@ def evaluate(
     matrix = confusion.view(num_classes, num_classes).cpu()
     accuracy = matrix.diagonal().sum().item() / len(x)
     return loss_sum.item() / len(x), accuracy, matrix.tolist()
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """Images go through the convolutions channels_last; clips are plain N×L."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
+
+
+def input_spec(data: ImageData | AudioData) -> dict[str, Any]:
+    """What a model trained on `data` takes (TrainResult.input_spec, checkpoints, model.json)."""
+    if data.modality == "audio":
+        return {"kind": "audio", "sample_rate": int(data.sample_rate), "clip_samples": data.clip_samples}
+    return {"height": data.height, "width": data.width, "channels": data.channels}
 
 
 @dataclass
@@ -448,7 +595,7 @@ class _Position:
 
 def train(
     config: TrainConfig | dict[str, Any],
-    data: ImageData,
+    data: ImageData | AudioData,
     *,
     callbacks: Sequence[Callable[[ProgressEvent], None]] = (),
     device: str | torch.device = "auto",
@@ -456,8 +603,11 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_interval_s: float | None = None,
 ) -> TrainResult:
-    """Train a classifier on `data`. Every callback gets every ProgressEvent; one raising
-    Cancelled (or anything else) stops training and the exception propagates.
+    """Train a classifier on `data` (images or speech clips: `data.modality`; the architecture must
+    be one for that modality, else ValueError). Every callback gets every ProgressEvent; one raising
+    Cancelled (or anything else) stops training and the exception propagates. A dict config gets
+    the modality's defaults for missing keys. Data with a test split (speech) is evaluated on it
+    once at the end: metrics test_acc and test_loss.
 
     With `checkpoint_path`, a checkpoint (ml.checkpoint) is written atomically after every epoch
     event, and after the event whose callback raised Cancelled, so it covers every event emitted
@@ -472,8 +622,11 @@ def train(
     checkpoint that cannot be read or belongs to other data or settings raises CheckpointError.
     The file is left in place when training ends: the caller removes it.
     """
+    modality = getattr(data, "modality", "image")
     if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config)
+        config = TrainConfig.from_dict(config, modality=modality)
+    check_modality(config.arch, modality)
+    audio = modality == "audio"
     if checkpoint_interval_s is not None and not checkpoint_interval_s >= 0:
         raise ValueError(f"checkpoint_interval_s must be a number of seconds >= 0 or None, not {checkpoint_interval_s!r}")
     data.validate()
@@ -494,16 +647,36 @@ def train(
 
         if saved:
             mean, std = list(saved["mean"]), list(saved["std"])
+        elif audio:
+            frontend = build_audio_frontend(config.arch, sample_rate=data.sample_rate)
+            mean, std = feature_stats(frontend, data.x_train, seed=config.seed)
         else:
             mean, std = channel_stats(data.x_train, seed=config.seed)
-        x_train, y_train = to_device_tensor(data.x_train, dev), torch.as_tensor(np.array(data.y_train), device=dev)
-        x_val, y_val = to_device_tensor(data.x_val, dev), torch.as_tensor(np.array(data.y_val), device=dev)
+        to_device = to_device_clips if audio else to_device_tensor
+        x_train, y_train = to_device(data.x_train, dev), torch.as_tensor(np.array(data.y_train), device=dev)
+        x_val, y_val = to_device(data.x_val, dev), torch.as_tensor(np.array(data.y_val), device=dev)
         y_train, y_val = y_train.long(), y_val.long()
 
-        model = build_model(
-            config.arch, num_classes=num_classes, in_channels=data.channels,
-            height=data.height, width=data.width, mean=mean, std=std,
-        ).to(dev, memory_format=torch.channels_last)
+        if audio:
+            model = build_audio_model(
+                config.arch, num_classes=num_classes, sample_rate=data.sample_rate,
+                clip_samples=data.clip_samples, mean=mean, std=std,
+            ).to(dev, memory_format=torch.channels_last)  # the CNN stages run channels_last (AsImage)
+            # SpecAugment draws from the run's generator: part of the data order a checkpoint keeps.
+            model.specaugment.generator = generator
+            model.specaugment.enabled = config.augment
+            noise = None
+            if data.noise is not None and len(data.noise):
+                noise = np.asarray(data.noise)
+                if len(noise) < data.clip_samples:  # short noise: repeat it to one clip's length
+                    noise = np.resize(noise, data.clip_samples)
+                noise = to_device_clips(noise, dev)
+            shift = round(AUDIO_SHIFT_SECONDS * data.sample_rate)
+        else:
+            model = build_model(
+                config.arch, num_classes=num_classes, in_channels=data.channels,
+                height=data.height, width=data.width, mean=mean, std=std,
+            ).to(dev, memory_format=torch.channels_last)
         optimizer = make_optimizer(model, config)
         micro = MicroBatching(batch_size=min(config.batch_size, len(x_train)))
         per_epoch = steps_per_epoch(len(x_train), micro.batch_size)
@@ -569,11 +742,15 @@ def train(
                 elapsed_s=now - started, message=message,
             ))
 
-        def validate() -> tuple[float, float, list[list[int]]] | None:
+        def validate(x_eval: torch.Tensor | None = None, y_eval: torch.Tensor | None = None,
+                     ) -> tuple[float, float, list[list[int]]] | None:
+            """The validation split (or x_eval, y_eval), halving the batch on out-of-memory."""
             nonlocal eval_batch
+            if x_eval is None:
+                x_eval, y_eval = x_val, y_val
             while True:
                 try:
-                    return evaluate(model, x_val, y_val, num_classes=num_classes, criterion=criterion,
+                    return evaluate(model, x_eval, y_eval, num_classes=num_classes, criterion=criterion,
                                     precision=precision, batch_size=eval_batch)
                 except torch.OutOfMemoryError:
                     if eval_batch <= 1:
@@ -597,11 +774,17 @@ def train(
                     perm = torch.randperm(len(x_train), generator=generator, device=dev)
                     generator.set_state(at.generator_state)
                 at.segment_start = time.monotonic()
-                batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size, generator=generator,
-                                        augment=config.augment, skip=at.position)
+                if audio:
+                    batches = audio_epoch_batches(
+                        x_train, y_train, perm, batch_size=micro.batch_size, generator=generator,
+                        augment=config.augment, shift=shift, noise=noise, skip=at.position)
+                else:
+                    batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size,
+                                            generator=generator, augment=config.augment, skip=at.position)
                 stats = train_one_epoch(
                     model, batches, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
                     precision=precision, stats=at.stats, micro=micro, on_step=on_step, on_notice=notice,
+                    clip_grad_norm=AUDIO_CLIP_GRAD_NORM if audio else None,
                 )
                 train_loss, train_acc = stats.means()  # syncs: the epoch's steps are done
                 check_finite(train_loss, epoch=epoch, step=at.step)
@@ -633,32 +816,44 @@ def train(
             raise
         if finished_before:  # a checkpoint of a finished run (killed before its caller stored it)
             val = validate()
+        test = None
+        x_test = getattr(data, "x_test", None)
+        if x_test is not None and len(x_test):
+            test = validate(to_device_clips(x_test, dev) if audio else to_device_tensor(x_test, dev),
+                            torch.as_tensor(np.array(data.y_test), device=dev).long())
 
+    if audio:
+        model.specaugment.generator = None  # the run's generator is not the model's to keep
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     final = at.history[-1]
+    metrics = {
+        "val_acc": final["val_acc"],
+        "val_loss": final["val_loss"],
+        "train_acc": final["train_acc"],
+        "train_loss": final["train_loss"],
+        "samples_per_s": final["samples_per_s"],
+        "duration_s": time.monotonic() - started,
+    }
+    if test is not None:
+        metrics["test_loss"], metrics["test_acc"] = test[0], test[1]
     return TrainResult(
         model=model,
         config=config,
         classes=list(data.classes),
-        input_spec={"height": data.height, "width": data.width, "channels": data.channels},
+        input_spec=input_spec(data),
         history=at.history,
-        metrics={
-            "val_acc": final["val_acc"],
-            "val_loss": final["val_loss"],
-            "train_acc": final["train_acc"],
-            "train_loss": final["train_loss"],
-            "samples_per_s": final["samples_per_s"],
-            "duration_s": time.monotonic() - started,
-        },
+        metrics=metrics,
         confusion=val[2] if val else [],
         device=describe_device(dev),
         batch_size=micro.micro_batch_size,
         accumulation=micro.accumulation,
+        modality=modality,
     )
 
 
 def _checkpoint(
-    *, config: TrainConfig, data: ImageData, fingerprint: dict[str, Any], mean: list[float], std: list[float],
+    *, config: TrainConfig, data: ImageData | AudioData, fingerprint: dict[str, Any], mean: list[float],
+    std: list[float],
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator, micro: MicroBatching, at: _Position, total_steps: int, elapsed_s: float,
 ) -> dict[str, Any]:
@@ -667,7 +862,7 @@ def _checkpoint(
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "fingerprint": fingerprint,
-        "input_spec": {"height": data.height, "width": data.width, "channels": data.channels},
+        "input_spec": input_spec(data),
         "mean": list(mean),
         "std": list(std),
         "classes": list(data.classes),

@@ -36,7 +36,7 @@ def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ConfigError) as error:
         TrainConfig.from_dict({"arch": "vgg"})
     assert error.value.field == "arch"
-    assert str(error.value) == "Unknown architecture 'vgg'. Choose one of: seed_cnn, resnet"
+    assert str(error.value) == "Unknown architecture 'vgg'. Choose one of: seed_cnn, resnet, seed_lstm, cnn_mel, crnn"
 
 
 def test_unknown_key_is_refused_by_name():

@@ -1,0 +1,146 @@
+"""FSDD speaker-independent benchmark: leave one speaker out, for each speech architecture.
+
+The Free Spoken Digit Dataset (/work/shared/datasets/fsdd-digits.zip: 3,000 clips, 8 kHz, files
+`{digit}_{speaker}_{index}.wav`, 6 speakers × 10 digits × 50) is read straight from the zip and
+decoded like ingestion does (ml.audio: resampled to 16 kHz mono, fit_length to 1 s: shorter clips
+zero-padded and centred, longer ones cut to their loudest second). Each fold trains on five
+speakers and tests on the sixth (its clips are the validation split, so the curve shows held-out
+accuracy; nothing is tuned per fold: the same epochs and settings for every fold). Printed per
+fold: held-out accuracy, wall and CPU minutes; per architecture: mean and worst accuracy.
+
+    nice -n 10 .venv/bin/python bench/speech.py                                  # 3 nets × 6 folds, defaults
+    nice -n 10 .venv/bin/python bench/speech.py --archs cnn_mel --folds theo,george --epochs 10
+    nice -n 10 .venv/bin/python bench/speech.py --archs crnn --set lr=0.005 --arch-arg hidden=96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ml.audio import SAMPLE_RATE, decode_audio, fit_length  # noqa: E402
+from ml.config import TrainConfig, config_defaults  # noqa: E402
+from ml.data import AudioData  # noqa: E402
+from ml.nets import architectures_for  # noqa: E402
+from ml.train import available_cpus, train  # noqa: E402
+
+ARCHIVE = Path("/work/shared/datasets/fsdd-digits.zip")
+NAME = re.compile(r"(?:^|/)(\d)_([a-z]+)_(\d+)\.wav$")
+
+
+def load_fsdd(path: Path, *, clip_samples: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int16 N×clip_samples clips at 16 kHz, digit labels and speaker names, in file-name order."""
+    if cache is not None and cache.exists():
+        saved = np.load(cache)
+        return saved["x"], saved["y"], saved["speaker"]
+    clips, labels, speakers = [], [], []
+    with zipfile.ZipFile(path) as archive:
+        for name in sorted(archive.namelist()):
+            match = NAME.search(name)
+            if not match:
+                continue
+            wave = decode_audio(archive.read(name), sample_rate=SAMPLE_RATE)
+            wave, _ = fit_length(wave, clip_samples)
+            clips.append(np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16))
+            labels.append(int(match.group(1)))
+            speakers.append(match.group(2))
+    x, y, speaker = np.stack(clips), np.array(labels, dtype=np.int64), np.array(speakers)
+    if cache is not None:
+        np.savez(cache, x=x, y=y, speaker=speaker)
+    return x, y, speaker
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # bare strings: --set optimizer=sgd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--archs", default=",".join(architectures_for("audio")),
+                        help="comma-separated speech architectures (default: all)")
+    parser.add_argument("--folds", default="", help="comma-separated held-out speakers (default: all six)")
+    parser.add_argument("--epochs", type=int, help="override the default number of epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
+    parser.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a default architecture argument (tuning only), e.g. base_filters=24")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs allowed)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/fsdd-16k-1s.npz"),
+                        help="decoded clips are kept here between runs (outside the project)")
+    parser.add_argument("--out", type=Path, help="append one JSON line per fold to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.monotonic()
+    x, y, speaker = load_fsdd(args.archive, clip_samples=SAMPLE_RATE, cache=args.cache)
+    speakers = sorted(set(speaker.tolist()))
+    folds = [f for f in args.folds.split(",") if f] or speakers
+    unknown = set(folds) - set(speakers)
+    if unknown:
+        parser.error(f"unknown speaker(s) {', '.join(sorted(unknown))}; choose from {', '.join(speakers)}")
+    classes = [str(d) for d in range(10)]
+    print(f"FSDD: {len(x)} clips, {len(speakers)} speakers ({', '.join(speakers)}), loaded in "
+          f"{time.monotonic() - started:.1f} s; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, "
+          f"{min(torch.get_num_threads(), available_cpus())} threads", flush=True)
+
+    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    arch_args = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.arch_arg)}
+    summary = []
+    for arch in [a for a in args.archs.split(",") if a]:
+        config = TrainConfig.from_dict({**config_defaults("audio"), **overrides, "arch": arch}, modality="audio")
+        if arch_args:  # tuning only: the registry's defaults are what users get
+            import ml.nets
+
+            spec = ml.nets.ARCHITECTURES[arch]
+            ml.nets.ARCHITECTURES[arch] = type(spec)(spec.build, spec.label, spec.help,
+                                                     {**spec.defaults, **arch_args}, spec.modality)
+        extra = f" arch_args {arch_args}" if arch_args else ""
+        print(f"\n{arch}: {json.dumps(config.to_dict())}{extra}", flush=True)
+        accs, minutes = [], []
+        for held_out in folds:
+            test = speaker == held_out
+            rng = np.random.default_rng(0)
+            train_idx = rng.permutation(np.flatnonzero(~test))
+            data = AudioData(x[train_idx], y[train_idx], x[test], y[test], classes, sample_rate=SAMPLE_RATE)
+            wall, cpu = time.monotonic(), time.process_time()
+            result = train(config, data, device="cpu")
+            wall, cpu = (time.monotonic() - wall) / 60, (time.process_time() - cpu) / 60
+            acc = result.metrics["val_acc"]
+            curve = " ".join(f"{h['val_acc'] * 100:.0f}" for h in result.history)
+            train_acc = result.metrics["train_acc"] * 100
+            print(f"  held out {held_out:<10} acc {acc * 100:5.1f} %  train acc {train_acc:5.1f} %"
+                  f"  {wall:5.2f} min wall  {cpu:5.2f} min CPU   (val per epoch: {curve})", flush=True)
+            accs.append(acc)
+            minutes.append(wall)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps({"arch": arch, "held_out": held_out, "acc": acc, "wall_min": wall,
+                                        "cpu_min": cpu, "config": config.to_dict(), "arch_args": arch_args,
+                                        "history": [h["val_acc"] for h in result.history]}) + "\n")
+        summary.append((arch, float(np.mean(accs)), float(np.min(accs)), float(np.mean(minutes)), len(accs)))
+    print("\n| network | folds | mean accuracy | worst fold | wall minutes per fold |")
+    print("|---|---|---|---|---|")
+    for arch, mean, worst, mins, n in summary:
+        print(f"| `{arch}` | {n} | {mean * 100:.1f} % | {worst * 100:.1f} % | {mins:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
