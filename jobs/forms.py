@@ -2,6 +2,10 @@
 
 The form only parses the browser's strings into Python values and hints the ranges to the browser;
 the rules themselves live in ml.TrainConfig (through jobs.services.job_create), in one place.
+Architectures and defaults depend on the dataset's kind (images or speech): the form starts from
+the kind of the dataset it shows, offers every architecture grouped by kind (job_create refuses
+one of the wrong kind, naming those that fit), and `kinds()` is what the page's script needs to
+switch both when another dataset is chosen.
 """
 
 import uuid
@@ -11,6 +15,7 @@ from django import forms
 from webapp.datasets.models import Dataset
 
 LABELS = {"lr": "Learning rate", "arch": "Architecture"}
+KIND_GROUPS = {"image": "For images", "audio": "For speech"}  # the arch select's groups
 
 
 def _number(x) -> str:
@@ -52,14 +57,48 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         from ml import HYPERPARAMETERS
+        from ml.config import config_defaults
+        from ml.nets import architectures_for
 
         super().__init__(*args, **kwargs)
         if not self.is_bound:
             self.fields["submit_token"].initial = uuid.uuid4().hex
-        self.fields["dataset"].queryset = Dataset.objects.filter(owner=user, status=Dataset.Status.READY)
+        datasets = Dataset.objects.filter(owner=user, status=Dataset.Status.READY)
+        self.fields["dataset"].queryset = datasets
+        self.dataset_kinds = {str(pk): kind for pk, kind in datasets.values_list("pk", "kind")}
+        self.kind = self._shown_kind(datasets)
         self.hyperparameters = list(HYPERPARAMETERS)
+        defaults = config_defaults(self.kind)
         for name, param in HYPERPARAMETERS.items():
             self.fields[name] = _field(name, param)
+            self.fields[name].initial = defaults.get(name, param.default)
+        self.fields["arch"].choices = [
+            (KIND_GROUPS.get(kind, kind), [(a, a) for a in architectures_for(kind)]) for kind in Dataset.Kind.values
+        ]
+
+    def _shown_kind(self, datasets) -> str:
+        """The kind of the dataset the form shows: the posted one, the initial one, or the first
+        option (what a browser selects when nothing is)."""
+        wanted = self.data.get("dataset") if self.is_bound else self.initial.get("dataset")
+        wanted = getattr(wanted, "pk", wanted)
+        kind = self.dataset_kinds.get(str(wanted)) if wanted is not None else None
+        if kind is None:
+            first = datasets.values_list("kind", flat=True).first()
+            kind = first or Dataset.Kind.IMAGE
+        return kind
+
+    def kinds(self) -> dict:
+        """For the page's script: per kind its architectures and default hyperparameters, and the
+        kind of each dataset on offer."""
+        from ml.config import config_defaults
+        from ml.nets import architectures_for
+
+        return {
+            "kinds": {kind: {"label": label, "archs": architectures_for(kind), "defaults": config_defaults(kind)}
+                      for kind, label in Dataset.Kind.choices},
+            "datasets": self.dataset_kinds,
+            "shown": self.kind,
+        }
 
     def hyperparameter_fields(self):
         return [self[name] for name in self.hyperparameters]

@@ -34,7 +34,7 @@ from webapp.datasets.models import Dataset
 from webapp.ownership import owned_by
 
 if TYPE_CHECKING:
-    from ml import ProgressEvent
+    from ml import ProgressEvent, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,10 @@ def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | N
     With an `idempotency_key` that this user already used, nothing is created or queued: the job
     made by the first use is returned (check `job.created_now`), so a double submit makes one job.
     Raises ValidationError({field: [message]}): `dataset` when it is not the user's (or staff's) or
-    not ready; a hyperparameter's name when ml.TrainConfig refuses it; `idempotency_key` when longer
-    than 64 characters.
+    not ready; a hyperparameter's name when ml.TrainConfig refuses it, or `arch` when the network is
+    made for the other kind of data (job_config); `idempotency_key` when longer than 64 characters.
+    Hyperparameters left out of `config` take the defaults of the dataset's kind.
     """
-    import ml
-
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip() or None
     if idempotency_key is not None:
@@ -88,10 +87,7 @@ def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | N
         raise ValidationError(
             {"dataset": [f"Dataset “{current.name}” is not ready yet ({current.get_status_display().lower()})."]}
         )
-    try:
-        train_config = ml.TrainConfig.from_dict(config)  # also refuses a config that is not a dict
-    except ml.ConfigError as exc:
-        raise ValidationError({exc.field: [exc.message]}) from None
+    train_config = job_config(dataset=current, config=config)
 
     try:
         with transaction.atomic():
@@ -108,6 +104,29 @@ def job_create(*, user, dataset: Dataset, config: dict, idempotency_key: str | N
     logger.info("Job %s queued by %s on dataset %s", job.id, user, current.pk)
     job.created_now = True
     return job
+
+
+def job_config(*, dataset: Dataset, config: dict) -> TrainConfig:
+    """The TrainConfig a job on `dataset` trains with: `config` over the defaults of the dataset's
+    kind (ml.config.config_defaults: a speech dataset gets a speech network and its recipe).
+    Raises ValidationError({field: [message]}) for a value ml refuses, and for an architecture made
+    for the other kind of data (the message names the ones that fit)."""
+    import ml
+    from ml.nets import MODALITY_WORDS, architectures_for
+
+    kind = dataset.kind  # Dataset.Kind values are ml's modalities
+    try:
+        train_config = ml.TrainConfig.from_dict(config, modality=kind)  # also refuses a non-dict
+    except ml.ConfigError as exc:
+        raise ValidationError({exc.field: [exc.message]}) from None
+    allowed = architectures_for(kind)
+    if train_config.arch not in allowed:
+        made_for = ml.ARCHITECTURES[train_config.arch].modality
+        raise ValidationError({"arch": [
+            f"{train_config.arch} is {MODALITY_WORDS[made_for][0]} network; dataset “{dataset.name}” holds "
+            f"{MODALITY_WORDS[kind][1]}. Choose one of: {', '.join(allowed)}."
+        ]})
+    return train_config
 
 
 def default_queue() -> str:
@@ -357,12 +376,14 @@ def job_run(*, job_id: int) -> None:
                 progress=1.0, eta_s=0.0)
         return
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    from ml.data import load_dataset
+
     try:
         with _Heartbeat(job) as heartbeat:
             callback = _TrainingCallback(job, heartbeat)
             try:
-                config = ml.TrainConfig.from_dict(job.config)
-                data = ml.load_image_dataset(default_storage.path(job.dataset.storage_dir))
+                config = ml.TrainConfig.from_dict(job.config, modality=job.dataset.kind)
+                data = load_dataset(default_storage.path(job.dataset.storage_dir))  # images or audio
                 _prepare_resume(job, checkpoint)
                 callback.started = time.monotonic()
                 try:

@@ -3,7 +3,27 @@
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
-  if (!form || !window.XMLHttpRequest || !window.FormData) return;
+  if (!form) return;
+
+  // Options that do not apply to the chosen kind are dimmed (they are still sent, and ignored):
+  // image size is for images, clip length for speech; "Detect automatically" keeps both.
+  const kind = form.elements.kind;
+  const onlyFor = {image_size: "image", clip_seconds: "audio"};
+  function showApplicable() {
+    Object.keys(onlyFor).forEach(function (name) {
+      const field = form.querySelector('[data-field="' + name + '"]');
+      if (!field || !kind) return;
+      const off = kind.value !== "auto" && kind.value !== "" && kind.value !== onlyFor[name];
+      field.classList.toggle("not-applicable", off);
+      field.title = off ? "Not used for this kind of dataset" : "";
+    });
+  }
+  if (kind) {
+    kind.addEventListener("change", showApplicable);
+    showApplicable();
+  }
+
+  if (!window.XMLHttpRequest || !window.FormData) return;
 
   const fileInput = form.querySelector("input[type=file]");
   const submit = document.getElementById("upload-submit");

@@ -60,7 +60,7 @@ def test_the_form_offers_every_hyperparameter_with_its_default_help_and_range(al
     assert f'name="epochs" value="{defaults["epochs"]}" min="1" max="500" step="1"' in html
     assert f'name="lr" value="{defaults["lr"]}" min="1e-06" max="10" step="any"' in html
     assert 'type="checkbox" name="augment"' in html and "checked" in html
-    assert "Full passes over the training images." in html and "Range 1 to 500." in html
+    assert "Full passes over the training images or clips." in html and "Range 1 to 500." in html
     assert "Range 0 to 2,147,483,647." in html  # not 2.14748e+09
     assert '<label for="id_weight_decay">Weight decay</label>' in html
 

@@ -14,6 +14,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from jobs.models import Job, MetricPoint
+from ml.nets import ARCHITECTURES
 from tests.webapp.test_registry import (  # noqa: F401 - shared fixtures
     TINY_ARCH, _fresh_predictor_cache, dataset, job, make_job, model, png, train_result)
 from webapp.datasets.models import Dataset
@@ -106,12 +107,13 @@ def test_dataset_upload_creates_and_ingests_it(alice_api, alice, eager, django_c
     assert body["name"] == "Shades" and body["status"] in {"pending", "ingesting", "ready"}
     dataset = Dataset.objects.get(pk=body["id"])
     assert dataset.owner == alice
-    assert dataset.options == {"image_size": 8, "val_fraction": 0.25, "seed": 1}
+    assert dataset.options == {"image_size": 8, "val_fraction": 0.25, "seed": 1, "kind": "auto", "clip_seconds": 1.0}
 
     detail = alice_api.get(f"/api/datasets/{dataset.pk}/").json()
     assert detail["status"] == "ready", detail["error"]
     assert sorted(c["name"] for c in detail["classes"]) == ["bright", "dark"]
     assert detail["num_samples"] == 12 and (detail["height"], detail["width"]) == (8, 8)
+    assert (detail["kind"], detail["info"]) == ("image", {})  # detected: the archive holds images
 
 
 def test_dataset_upload_without_a_file_names_the_field(alice_api):
@@ -328,9 +330,19 @@ def test_the_schema_is_valid_openapi_in_json_and_yaml(api):
     assert "drf_create_token" in schema["info"]["description"]
     job_fields = schema["components"]["schemas"]["JobCreate"]["properties"]
     assert {"dataset", "arch", "epochs", "lr", "augment"} <= set(job_fields)
-    assert schema["components"]["schemas"]["ArchEnum"]["enum"] == ["seed_cnn", "resnet"]
+    assert schema["components"]["schemas"]["ArchEnum"]["enum"] == list(ARCHITECTURES)  # image and speech networks
     assert {"DatasetStatusEnum", "JobStatusEnum"} <= set(schema["components"]["schemas"])
     assert "tokenAuth" in schema["components"]["securitySchemes"]
+
+
+def test_the_schema_describes_dataset_kinds_and_the_speech_options(api):
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    components = schema["components"]["schemas"]
+    upload = components["DatasetCreate"]["properties"]
+    assert {"kind", "clip_seconds", "image_size", "val_fraction", "seed"} <= set(upload)
+    assert components["UploadKindEnum"]["enum"] == ["auto", "image", "audio"]
+    assert components["DatasetKindEnum"]["enum"] == ["image", "audio"]
+    assert "info" in components["Dataset"]["properties"]
 
 
 def test_the_docs_page_uses_only_local_assets(client):

@@ -77,7 +77,7 @@ def test_an_upload_is_stored_then_ingested_once_the_transaction_commits(
     dataset = Dataset.objects.get()
     assert response.status_code == 302 and response.url == reverse("datasets:detail", args=[dataset.pk])
     assert dataset.owner == alice and dataset.name == "My shapes"
-    assert dataset.options == {"image_size": 32, "val_fraction": 0.25, "seed": 0}
+    assert dataset.options == {"image_size": 32, "val_fraction": 0.25, "seed": 0, "kind": "auto", "clip_seconds": 1.0}
     assert dataset.status == Dataset.Status.READY and dataset.progress == 1.0
     assert dataset.classes == [{"name": "circle", "train": 3, "val": 1}, {"name": "square", "train": 3, "val": 1}]
     assert (dataset.num_samples, dataset.num_train, dataset.num_val) == (8, 6, 2)
@@ -218,7 +218,8 @@ def test_the_service_checks_option_types_and_names(alice, tmp_path):
     archive = upload(data=shapes_zip(tmp_path))
     with pytest.raises(ValidationError) as err:
         dataset_create(owner=alice, name="x", archive=archive, options={"image_size": "big", "seed": True, "lr": 1})
-    assert err.value.message_dict == {"options": ["Unknown option(s): lr. Choose from: image_size, val_fraction, seed."]}
+    assert err.value.message_dict == {"options": ["Unknown option(s): lr. Choose from: image_size, val_fraction, seed, kind, "
+                                                      "clip_seconds."]}
     with pytest.raises(ValidationError) as err:
         dataset_create(owner=alice, name="x" * 121, archive=archive, options={"image_size": "big", "seed": True})
     assert err.value.message_dict == {
@@ -232,7 +233,7 @@ def test_the_service_checks_option_types_and_names(alice, tmp_path):
 def test_the_service_fills_in_default_options(alice, tmp_path):
     dataset = dataset_create(owner=alice, name="x", archive=upload(data=shapes_zip(tmp_path)),
                              options={"image_size": "48"}, queue_ingest=False)
-    assert dataset.options == {"image_size": 48, "val_fraction": 0.1, "seed": 0}
+    assert dataset.options == {"image_size": 48, "val_fraction": 0.1, "seed": 0, "kind": "auto", "clip_seconds": 1.0}
 
 
 # --- Ingest -----------------------------------------------------------------------------------
@@ -361,8 +362,8 @@ def test_an_ingesting_dataset_shows_a_progress_bar_that_polls_the_status(alice, 
 def test_the_status_is_json_for_the_progress_bar(alice_client, ready):
     response = alice_client.get(reverse("datasets:status", args=[ready.pk]))
     assert response.status_code == 200
-    assert response.json() == {"id": ready.pk, "status": "ready", "status_display": "Ready", "progress": 1.0,
-                               "error": "", "num_samples": 8}
+    assert response.json() == {"id": ready.pk, "status": "ready", "status_display": "Ready", "phase": "",
+                               "phase_display": "", "progress": 1.0, "error": "", "num_samples": 8}
 
 
 def test_a_sample_is_a_crisp_upscaled_png_of_the_stored_pixels(alice_client, ready, settings):
@@ -433,14 +434,14 @@ def small_demo(monkeypatch):
 
 
 def test_create_demo_makes_the_shapes_dataset_once(charlie, small_demo, capsys, django_user_model):
-    call_command("create_demo", "--owner", "charlie")
+    call_command("create_demo", "--owner", "charlie", "--only", "shapes")  # both: test_datasets_audio.py
     dataset = Dataset.objects.get()
     assert (dataset.owner, dataset.name, dataset.status) == (charlie, "Shapes (demo)", Dataset.Status.READY)
     assert [c["name"] for c in dataset.classes] == ["circle", "cross", "square", "star", "triangle"]
     assert (dataset.num_samples, dataset.height, dataset.channels) == (15, 32, 3)
     assert "Shapes (demo) is ready: 15 images in 5 classes" in capsys.readouterr().out
 
-    call_command("create_demo", "--owner", "charlie")
+    call_command("create_demo", "--owner", "charlie", "--only", "shapes")
     assert Dataset.objects.count() == 1
     assert "already has Shapes (demo)" in capsys.readouterr().out
 
@@ -457,6 +458,110 @@ def test_the_demo_button_creates_the_demo_for_me_once(alice_client, alice, small
     assert response.status_code == 302 and response.url == reverse("datasets:detail", args=[dataset.pk])
     again = alice_client.post(reverse("datasets:demo"), follow=True)
     assert Dataset.objects.count() == 1 and "You already have Shapes (demo)." in again.content.decode()
+
+
+def test_the_demo_button_only_makes_the_row_and_the_worker_generates_and_ingests_it(
+        alice_client, alice, small_demo, settings, eager, monkeypatch, django_capture_on_commit_callbacks):
+    real = services.write_shapes_archive
+    monkeypatch.setattr(services, "write_shapes_archive", lambda *a, **k: pytest.fail("generated in the request"))
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = alice_client.post(reverse("datasets:demo"))
+
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302 and response.url == reverse("datasets:detail", args=[dataset.pk])
+    assert (dataset.status, dataset.archive.name, dataset.kind) == (Dataset.Status.PENDING, "", "image")
+    assert dataset.options["demo"] == "shapes" and dataset.options["image_size"] == 32
+    assert media(settings) == [] and len(callbacks) == 1  # the ingest is queued once the row is committed
+    page = alice_client.get(response.url).content.decode()
+    assert "Waiting for a worker to generate and ingest the demo" in page
+
+    monkeypatch.setattr(services, "write_shapes_archive", real)
+    callbacks[0]()  # the queued task, run here (eager) as a worker would
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert (dataset.num_samples, len(dataset.classes), dataset.attempts) == (15, 5, 1)
+    archive = f"uploads/{alice.pk}/shapes-demo.zip"
+    assert dataset.archive.name == archive  # stored like an upload
+    assert media(settings) == sorted([archive, *(f"datasets/{dataset.pk}/{name}" for name in (
+        "dataset.json", "images.npy", "labels.npy"))])  # no hidden work folder left
+    assert "Created" in alice_client.get(response.url).content.decode()
+
+
+def left_ingesting(dataset: Dataset, **fields) -> None:
+    """As a worker on another machine leaves it when it is killed (a stale heartbeat)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Dataset.objects.filter(pk=dataset.pk).update(
+        status=Dataset.Status.INGESTING, attempts=1, lease="dead-lease", claimed_by="another-host:1",
+        heartbeat_at=timezone.now() - timedelta(hours=1), progress=0.3, **fields)
+
+
+def test_a_demo_whose_worker_was_killed_mid_generation_is_generated_afresh_by_the_next(alice, small_demo, settings):
+    dataset, created = services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False)
+    left_ingesting(dataset)
+    half_written = Path(settings.MEDIA_ROOT) / "datasets" / f".{dataset.pk}.killed.tmp" / "shapes-demo.zip"
+    half_written.parent.mkdir(parents=True)
+    half_written.write_bytes(b"PK\x03\x04 cut short")
+
+    dataset_ingest(dataset_id=dataset.pk)  # the redelivered task
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert (dataset.attempts, dataset.num_samples, dataset.lease) == (2, 15, "")
+    assert not half_written.parent.exists()
+
+
+def test_a_demo_whose_worker_was_killed_after_storing_the_archive_is_not_generated_twice(
+        alice, small_demo, settings, monkeypatch):
+    dataset, _ = services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(services, "ingest_image_archive", killed)
+    with pytest.raises(Killed):
+        dataset_ingest(dataset_id=dataset.pk)
+    dataset.refresh_from_db()
+    archive = dataset.archive.name
+    assert dataset.status == Dataset.Status.INGESTING and archive == f"uploads/{alice.pk}/shapes-demo.zip"
+    assert dataset.progress == 0.5  # generation is the first half of the bar
+
+    left_ingesting(dataset)
+    monkeypatch.undo()
+    monkeypatch.setattr(services, "write_shapes_archive", lambda *a, **k: pytest.fail("generated twice"))
+    dataset_ingest(dataset_id=dataset.pk)
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.READY and dataset.attempts == 2 and dataset.archive.name == archive
+
+
+def test_a_demo_generation_that_lost_its_lease_stops_and_stores_nothing(alice, small_demo, settings, monkeypatch):
+    monkeypatch.setattr(services, "PROGRESS_INTERVAL_S", 0.0)
+    dataset, _ = services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False)
+
+    def taken_over(done, total):  # the reaper and another worker took it meanwhile
+        Dataset.objects.filter(pk=dataset.pk).update(lease="someone-else")
+
+    dataset_ingest(dataset_id=dataset.pk, progress=taken_over)
+    dataset.refresh_from_db()
+    assert (dataset.status, dataset.lease, dataset.archive.name) == (Dataset.Status.INGESTING, "someone-else", "")
+    assert media(settings) == []
+
+
+def test_a_failed_demo_is_replaced_by_a_new_one_and_a_pending_one_is_kept(alice, alice_client, small_demo):
+    failed, _ = services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False)
+    Dataset.objects.filter(pk=failed.pk).update(status=Dataset.Status.FAILED, error="espeak-ng went away")
+    page = alice_client.get(reverse("datasets:detail", args=[failed.pk])).content.decode()
+    assert "espeak-ng went away" in page and "Try the demo again" in page
+
+    fresh, created = services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False)
+    assert created and fresh.pk != failed.pk and list(Dataset.objects.values_list("pk", flat=True)) == [fresh.pk]
+    assert services.dataset_create_demo(owner=alice, which="shapes", queue_ingest=False) == (fresh, False)
+    with pytest.raises(ValueError, match="Unknown demo 'cats'. Choose one of: shapes, digits"):
+        services.dataset_create_demo(owner=alice, which="cats")
 
 
 def test_the_admin_lists_and_shows_datasets_read_only(client, charlie, ready):

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from jobs.models import Job
 
 from webapp.datasets.models import Dataset
+from webapp.datasets.services import KIND_CHOICES
 from webapp.ownership import owned_by
 from webapp.registry.models import TrainedModel
 
@@ -21,16 +22,39 @@ class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = ["id", "name", "kind", "status", "progress", "error", "options", "num_samples", "num_train",
-                  "num_val", "classes", "height", "width", "channels", "skipped", "created_at", "ingested_at"]
+                  "num_val", "classes", "height", "width", "channels", "skipped", "info", "created_at", "ingested_at"]
         read_only_fields = fields
+        extra_kwargs = {
+            "kind": {"help_text": "`image` or `audio` (speech). An upload with kind `auto` reads `image` until "
+                                  "the ingest has looked inside the archive."},
+            "classes": {"help_text": "Per class: `name` and its clip or image counts `train`, `val` (speech: "
+                                     "and `test`)."},
+            "height": {"help_text": "Images: height in pixels. 0 for speech."},
+            "width": {"help_text": "Images: width in pixels. 0 for speech."},
+            "channels": {"help_text": "Images: 1 (grayscale) or 3 (RGB). 0 for speech."},
+            "skipped": {"help_text": "Files left out, each `{file, reason}`."},
+            "info": {"help_text": "Speech only ({} for images): `sample_rate` (Hz), `clip_samples` (clip length), "
+                                  "`num_test`, `durations` {`min`, `mean`, `median`, `max`} in seconds before "
+                                  "fitting, `trimmed` and `padded` clip counts, `split` (`lists`: the archive's "
+                                  "validation_list.txt/testing_list.txt; `random`), `noise_files` and `noise_seconds` "
+                                  "(background noise for augmentation), `warnings` [{`file`, `reason`}] (clips "
+                                  "kept but suspicious, e.g. silent)."},
+        }
 
 
 class DatasetCreateSerializer(serializers.Serializer):
     """Multipart upload. Option ranges are checked by dataset_create, the one place that knows them."""
 
     name = serializers.CharField(max_length=Dataset._meta.get_field("name").max_length)
-    file = serializers.FileField(help_text="A .zip or .tar(.gz) archive with one folder per class.")
-    image_size = serializers.IntegerField(required=False, help_text="Longest side after resizing, in pixels.")
+    file = serializers.FileField(help_text="A .zip or .tar(.gz) archive with one folder per class (of images, or "
+                                 "of speech clips; the Speech Commands layout works as it is).")
+    kind = serializers.ChoiceField(
+        choices=KIND_CHOICES, required=False,
+        help_text="`image`, `audio` (speech clips: WAV, FLAC, OGG, Opus, MP3, AIFF) or `auto` (the default: whichever the archive "
+        "holds more of).")
+    image_size = serializers.IntegerField(required=False, help_text="Images only: side after resizing, in pixels.")
+    clip_seconds = serializers.FloatField(
+        required=False, help_text="Speech only: every clip is padded or trimmed to this many seconds (default 1).")
     val_fraction = serializers.FloatField(required=False, help_text="Share of each class held out for validation.")
     seed = serializers.IntegerField(required=False, help_text="Seed of the train/validation split.")
 
@@ -146,35 +170,37 @@ def hyperparameter_field(name: str, param) -> serializers.Field:
     return serializers.CharField(**common)
 
 
+def optional_hyperparameter_fields() -> dict:
+    """One optional field per entry of ml.HYPERPARAMETERS, without a default: what is omitted stays
+    out of validated_data, so the service fills it (for a new job, from the dataset kind's defaults;
+    for a clone, from the job). Built when first used: the web process does not import torch at start-up."""
+    from ml import HYPERPARAMETERS
+
+    fields = {}
+    for name, param in HYPERPARAMETERS.items():
+        field = hyperparameter_field(name, param)
+        field.required, field.default = False, serializers.empty
+        if isinstance(field, serializers.BooleanField):
+            field.default_empty_html = serializers.empty
+        fields[name] = field
+    return fields
+
+
 class JobCreateSerializer(serializers.Serializer):
-    """`dataset` plus one field per entry of ml.HYPERPARAMETERS (built when first used, so the web
-    process does not import torch at start-up). Omitted hyperparameters take their defaults."""
+    """`dataset` plus one optional field per hyperparameter. Omitted ones take the defaults of the
+    dataset's kind (images or speech: ml.config.config_defaults)."""
 
     dataset = OwnedDatasetField(help_text="Id of one of your datasets (it must be ready).")
 
     def get_fields(self):
-        from ml import HYPERPARAMETERS
-
-        fields = super().get_fields()
-        for name, param in HYPERPARAMETERS.items():
-            fields[name] = hyperparameter_field(name, param)
-        return fields
+        return {**super().get_fields(), **optional_hyperparameter_fields()}
 
 
 class JobCloneSerializer(serializers.Serializer):
     """Only the hyperparameters to change; each is optional and has no default (the job's value stays)."""
 
     def get_fields(self):
-        from ml import HYPERPARAMETERS
-
-        fields = super().get_fields()
-        for name, param in HYPERPARAMETERS.items():
-            field = hyperparameter_field(name, param)
-            field.required, field.default = False, serializers.empty
-            if isinstance(field, serializers.BooleanField):
-                field.default_empty_html = serializers.empty
-            fields[name] = field
-        return fields
+        return {**super().get_fields(), **optional_hyperparameter_fields()}
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields)) if hasattr(self.initial_data, "keys") else []

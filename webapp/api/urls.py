@@ -38,6 +38,8 @@ SCHEMA_SETTINGS = {
     # Datasets and jobs both have a `status`; name the two enums instead of hashing them apart.
     "ENUM_NAME_OVERRIDES": {
         "DatasetStatusEnum": "webapp.datasets.models.Dataset.Status",
+        "DatasetKindEnum": "webapp.datasets.models.Dataset.Kind",
+        "UploadKindEnum": "webapp.datasets.services.KIND_CHOICES",
         "JobStatusEnum": "jobs.models.Job.Status",
     },
 }

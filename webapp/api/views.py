@@ -70,18 +70,19 @@ class DatasetListCreate(generics.ListCreateAPIView):
     @extend_schema(
         summary="Upload an archive as a new dataset",
         description="Ingestion runs in the background; poll `GET /api/datasets/{id}/` until `status` "
-        "is `ready` (or `failed`, with `error`). Skipped files are listed in `skipped`.",
+        "is `ready` (or `failed`, with `error`). Skipped files are listed in `skipped`; a speech dataset's "
+        "figures (durations, clips trimmed, split, noise, warnings) are in `info`.",
         request=s.DatasetCreateSerializer,
         responses={201: s.DatasetSerializer, 413: OpenApiResponse(description="The request is larger than the "
                    "upload limit; refused before the body is read, nothing stored.")},
     )
     def post(self, request, *args, **kwargs):
-        from webapp.datasets.services import dataset_create
+        from webapp.datasets.services import OPTION_DEFAULTS, dataset_create
 
         form = s.DatasetCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        options = {key: data[key] for key in ("image_size", "val_fraction", "seed") if key in data}
+        options = {key: data[key] for key in OPTION_DEFAULTS if key in data}
         with service_errors(rename={"archive": "file"}):
             dataset = dataset_create(owner=request.user, name=data["name"], archive=data["file"], options=options)
         dataset.refresh_from_db()  # ingestion may already have run (eager Celery)

@@ -6,7 +6,7 @@ from webapp.datasets.services import dataset_delete
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "status", "num_samples", "num_classes", "image_shape", "created_at"]
+    list_display = ["name", "owner", "kind", "status", "num_samples", "num_classes", "shape", "created_at"]
     list_filter = ["status", "kind", "created_at"]
     search_fields = ["name", "owner__username", "error"]
     list_select_related = ["owner"]
@@ -19,8 +19,10 @@ class DatasetAdmin(admin.ModelAdmin):
     def num_classes(self, obj: Dataset) -> int:
         return len(obj.classes)
 
-    @admin.display(description="images")
-    def image_shape(self, obj: Dataset) -> str:
+    @admin.display(description="size")
+    def shape(self, obj: Dataset) -> str:
+        if obj.clip_seconds:
+            return f"{obj.clip_seconds:g} s clips"
         return f"{obj.width}×{obj.height}×{obj.channels}" if obj.channels else "—"
 
     def has_add_permission(self, request) -> bool:

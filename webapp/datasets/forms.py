@@ -9,7 +9,9 @@ from django.template.defaultfilters import filesizeformat
 
 from webapp.datasets.models import Dataset
 from webapp.datasets.services import (
+    CLIP_SECONDS_RANGE,
     IMAGE_SIZE_RANGE,
+    KIND_CHOICES,
     OPTION_DEFAULTS,
     SEED_MAX,
     VAL_FRACTION_RANGE,
@@ -28,12 +30,28 @@ class DatasetUploadForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ARCHIVE_ACCEPT}),
         help_text="",  # set in __init__: it names the current size limit
     )
+    kind = forms.ChoiceField(
+        label="Kind",
+        choices=KIND_CHOICES,
+        initial=OPTION_DEFAULTS["kind"],
+        required=False,  # left out: detect automatically
+        help_text="What the archive holds: images or recordings of speech (WAV, FLAC, OGG, Opus, MP3 or AIFF). "
+        "Automatic detection goes by which of the two the archive has more of.",
+    )
     image_size = forms.IntegerField(
         label="Image size",
         initial=OPTION_DEFAULTS["image_size"],
         widget=forms.NumberInput(attrs={"min": IMAGE_SIZE_RANGE[0], "max": IMAGE_SIZE_RANGE[1], "step": 1}),
-        help_text=f"Side in pixels ({IMAGE_SIZE_RANGE[0]}–{IMAGE_SIZE_RANGE[1]}) that images of mixed sizes are "
-        "squashed to. When all images already share one size (up to 512), it is kept.",
+        help_text=f"Images only: side in pixels ({IMAGE_SIZE_RANGE[0]}–{IMAGE_SIZE_RANGE[1]}) that images of mixed "
+        "sizes are squashed to. When all images already share one size (up to 512), it is kept.",
+    )
+    clip_seconds = forms.FloatField(
+        label="Clip length (s)",
+        initial=OPTION_DEFAULTS["clip_seconds"],
+        required=False,  # left out: the default
+        widget=forms.NumberInput(attrs={"min": CLIP_SECONDS_RANGE[0], "max": CLIP_SECONDS_RANGE[1], "step": "any"}),
+        help_text=f"Speech only ({CLIP_SECONDS_RANGE[0]:g}–{CLIP_SECONDS_RANGE[1]:g} s): every recording is padded "
+        "with silence or trimmed to its loudest stretch of this length. One second fits single words.",
     )
     val_fraction = forms.FloatField(
         label="Validation fraction",
@@ -54,7 +72,9 @@ class DatasetUploadForm(forms.Form):
         self.fields["archive"].widget.attrs["data-max-bytes"] = limit
         self.fields["archive"].help_text = (
             "A .zip, .tar or .tar.gz with one folder per class, e.g. <code>cat/1.jpg</code>, "
-            f"<code>dog/2.png</code> (JPEG, PNG, BMP, WebP or GIF). Up to {filesizeformat(limit)}."
+            "<code>dog/2.png</code> (JPEG, PNG, BMP, WebP or GIF), or <code>yes/1.wav</code>, <code>no/2.flac</code> "
+            "(WAV, FLAC, OGG, Opus, MP3 or AIFF; any sample rate). The Google Speech Commands layout works as it is. "
+            f"Up to {filesizeformat(limit)}."
         )
 
     def clean(self):

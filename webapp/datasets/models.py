@@ -24,7 +24,7 @@ class Dataset(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.IMAGE)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     archive = models.FileField(upload_to=archive_upload_to, max_length=255, blank=True)
-    # Ingest options as the user chose them: image_size, val_fraction, seed.
+    # Ingest options as the user chose them: image_size, val_fraction, seed, kind, clip_seconds.
     options = models.JSONField(default=dict, blank=True)
     progress = models.FloatField(default=0.0)  # 0..1 while ingesting
     error = models.TextField(blank=True)
@@ -47,7 +47,7 @@ class Dataset(models.Model):
     channels = models.PositiveSmallIntegerField(default=0)
     skipped = models.JSONField(default=list, blank=True)  # [{"file": "cat/x.jpg", "reason": "..."}]
     # Speech only: sample_rate, clip_samples, num_test, durations {min, mean, median, max} (seconds,
-    # before fitting), trimmed, padded, split ("lists" | "random"), noise_seconds, warnings.
+    # before fitting), trimmed, padded, split ("lists" | "random"), noise_files, noise_seconds, warnings.
     info = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -63,6 +63,12 @@ class Dataset(models.Model):
     def storage_dir(self) -> str:
         """Folder of the ingested arrays, relative to MEDIA_ROOT."""
         return f"datasets/{self.pk}"
+
+    @property
+    def clip_seconds(self) -> float | None:
+        """Length of a stored speech clip in seconds (None for images or before ingest)."""
+        samples, rate = self.info.get("clip_samples"), self.info.get("sample_rate")
+        return samples / rate if samples and rate else None
 
     @property
     def class_names(self) -> list[str]:

@@ -1,5 +1,6 @@
 """Dataset pages: list, upload (XHR with a byte progress bar, or a plain form post), detail with
-ingest progress, sample thumbnails, status JSON for the progress bar, delete."""
+ingest progress, sample thumbnails (images) or clips with their spectrograms (speech), status
+JSON for the progress bar, delete."""
 
 from pathlib import Path
 
@@ -15,18 +16,25 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webapp.datasets.forms import DatasetUploadForm
 from webapp.datasets.models import Dataset
 from webapp.datasets.services import (
+    DEMO_OPTION,
+    DEMOS,
     DatasetInUse,
+    dataset_clip_png,
+    dataset_clip_wav,
     dataset_create,
     dataset_create_demo,
     dataset_delete,
     dataset_list_for_user,
     dataset_meta,
+    dataset_phase,
     dataset_sample_png,
     dataset_upload_size_error,
 )
 from webapp.ownership import get_owned_or_404
 
 SKIPPED_SHOWN = 500  # the page lists this many skipped files; dataset.json has them all
+CLIPS_SHOWN = 4  # clips per class on a speech dataset's page (dataset.json lists up to 8)
+CACHE_FOREVER = {"Cache-Control": "private, max-age=86400"}  # sample URLs carry ?v=<ingest time>
 
 
 def _get_dataset_for_user(request, pk: int) -> Dataset:
@@ -84,9 +92,13 @@ def _upload(request):
 @login_required
 @require_POST
 def dataset_demo(request):
-    dataset, created = dataset_create_demo(owner=request.user)
+    which = request.POST.get("which", "shapes")
+    if which not in DEMOS:
+        raise Http404(f"There is no demo {which!r}")
+    # Only the row is made here; a worker generates the archive and ingests it (the page shows how far).
+    dataset, created = dataset_create_demo(owner=request.user, which=which)
     if created:
-        messages.success(request, f"Created {dataset.name}: 1,500 generated images of five shapes.")
+        messages.success(request, f"Created {dataset.name}: {DEMOS[which].summary}. A worker is generating it now.")
     else:
         messages.info(request, f"You already have {dataset.name}.")
     return redirect("datasets:detail", pk=dataset.pk)
@@ -99,23 +111,42 @@ def dataset_detail(request, pk: int):
     meta = dataset_meta(dataset=dataset)
     samples = meta.get("samples", {})
     version = int(dataset.ingested_at.timestamp()) if dataset.ingested_at else 0  # busts the image cache
-    classes = [
-        {**c, "total": c["train"] + c["val"],
-         "samples": [f"{reverse('datasets:sample', args=[dataset.pk, i])}?v={version}"
-                     for i in samples.get(c["name"], [])]}
-        for c in dataset.classes
-    ]
+    speech = dataset.kind == Dataset.Kind.AUDIO
+    classes = []
+    for c in dataset.classes:
+        indices = samples.get(c["name"], [])
+        entry = {**c, "total": c["train"] + c["val"] + c.get("test", 0)}
+        if speech:
+            entry["clips"] = [{"wav": f"{reverse('datasets:clip_wav', args=[dataset.pk, i])}?v={version}",
+                               "png": f"{reverse('datasets:clip_png', args=[dataset.pk, i])}?v={version}"}
+                              for i in indices[:CLIPS_SHOWN]]
+        else:
+            entry["samples"] = [f"{reverse('datasets:sample', args=[dataset.pk, i])}?v={version}" for i in indices]
+        classes.append(entry)
     chart = {"labels": [c["name"] for c in classes], "train": [c["train"] for c in classes],
              "val": [c["val"] for c in classes]}
+    info = dataset.info if speech else {}
+    if info.get("num_test"):
+        chart["test"] = [c.get("test", 0) for c in classes]
+    warnings = info.get("warnings") or []
+    phase, phase_display = dataset_phase(dataset=dataset)
     return render(request, "datasets/detail.html", {
         "dataset": dataset,
+        "speech": speech,
+        "info": info,
+        "clip_seconds": dataset.clip_seconds,
         "archive_name": Path(dataset.archive.name).name if dataset.archive else "",
         "resized": meta.get("resized", False),
         "classes": classes,
         "chart": chart,
         "skipped": dataset.skipped[:SKIPPED_SHOWN],
         "skipped_hidden": max(0, len(dataset.skipped) - SKIPPED_SHOWN),
+        "warnings": warnings[:SKIPPED_SHOWN],
+        "warnings_hidden": max(0, len(warnings) - SKIPPED_SHOWN),
         "in_progress": dataset.status in (Dataset.Status.PENDING, Dataset.Status.INGESTING),
+        "phase": phase,
+        "phase_display": phase_display,
+        "demo": dataset.options.get(DEMO_OPTION, "") if dataset.options.get(DEMO_OPTION) in DEMOS else "",
     })
 
 
@@ -123,10 +154,13 @@ def dataset_detail(request, pk: int):
 @require_GET
 def dataset_status(request, pk: int):
     dataset = _get_dataset_for_user(request, pk)
+    phase, phase_display = dataset_phase(dataset=dataset)
     return JsonResponse({
         "id": dataset.pk,
         "status": dataset.status,
         "status_display": dataset.get_status_display(),
+        "phase": phase,  # "waiting", "generating" (a demo's archive), "ingesting"; "" when done
+        "phase_display": phase_display,
         "progress": dataset.progress,
         "error": dataset.error,
         "num_samples": dataset.num_samples,
@@ -140,7 +174,27 @@ def dataset_sample(request, pk: int, index: int):
     png = dataset_sample_png(dataset=dataset, index=index)
     if png is None:
         raise Http404(f"Dataset {pk} has no sample {index}")
-    return HttpResponse(png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return HttpResponse(png, content_type="image/png", headers=CACHE_FOREVER)
+
+
+@login_required
+@require_GET
+def dataset_clip_wav_view(request, pk: int, index: int):
+    dataset = _get_dataset_for_user(request, pk)
+    wav = dataset_clip_wav(dataset=dataset, index=index)
+    if wav is None:
+        raise Http404(f"Dataset {pk} has no clip {index}")
+    return HttpResponse(wav, content_type="audio/wav", headers=CACHE_FOREVER)
+
+
+@login_required
+@require_GET
+def dataset_clip_png_view(request, pk: int, index: int):
+    dataset = _get_dataset_for_user(request, pk)
+    png = dataset_clip_png(dataset=dataset, index=index)
+    if png is None:
+        raise Http404(f"Dataset {pk} has no clip {index}")
+    return HttpResponse(png, content_type="image/png", headers=CACHE_FOREVER)
 
 
 @login_required

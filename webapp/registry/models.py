@@ -12,7 +12,8 @@ class TrainedModel(models.Model):
     version = models.PositiveIntegerField(default=1)
     arch = models.CharField(max_length=64)
     classes = models.JSONField(default=list)
-    input_spec = models.JSONField(default=dict)  # {"height", "width", "channels"}
+    # Images: {"height", "width", "channels"}; speech: {"kind": "audio", "sample_rate", "clip_samples"}.
+    input_spec = models.JSONField(default=dict)
     metrics = models.JSONField(default=dict)  # final val_acc, val_loss, train_*, samples_per_s...
     confusion = models.JSONField(default=list)  # validation confusion matrix, rows = true class
     size_bytes = models.PositiveBigIntegerField(default=0)
@@ -29,6 +30,17 @@ class TrainedModel(models.Model):
     def val_acc(self) -> float | None:
         """Final validation accuracy, 0..1 (None when training recorded none)."""
         return self.metrics.get("val_acc")
+
+    @property
+    def kind(self) -> str:
+        """What the model takes, as Dataset.Kind: "image" or "audio" (its input spec says)."""
+        return "audio" if self.input_spec.get("kind") == "audio" else "image"
+
+    @property
+    def clip_seconds(self) -> float | None:
+        """Speech models: the length of clip the model listens to, in seconds."""
+        rate, samples = self.input_spec.get("sample_rate"), self.input_spec.get("clip_samples")
+        return samples / rate if rate and samples else None
 
     @property
     def storage_dir(self) -> str:

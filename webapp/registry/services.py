@@ -7,6 +7,7 @@ import math
 import shutil
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,13 +187,13 @@ def predictor_for(model: TrainedModel) -> Predictor:
 
 
 def prediction_create(*, model: TrainedModel, data: bytes, filename: str) -> list[dict]:
-    """Top-5 labels for one uploaded image, most probable first.
+    """Top-5 labels for one uploaded image or audio clip (by the model's kind), most probable first.
 
-    Raises ValidationError naming the file and the reason when it is too big or not an image.
-    Decoding, resizing and normalising all happen inside the predictor, as in training.
+    Raises ValidationError naming the file and the reason when it is too big, empty, or not what
+    the model takes ("not an image …", "not an audio file …": the decoder's own words). Decoding,
+    resizing or resampling, fitting to the clip length and normalising all happen inside the
+    predictor, as in training.
     """
-    from ml.images import ImageDecodeError
-
     limit = settings.MAX_PREDICT_BYTES
     if len(data) > limit:
         raise ValidationError(
@@ -201,11 +202,77 @@ def prediction_create(*, model: TrainedModel, data: bytes, filename: str) -> lis
         )
     if not data:
         raise ValidationError(f"{filename}: the file is empty.", code="empty")
+    predictor = predictor_for(model)
     try:
-        ranked = predictor_for(model).predict(data, top_k=TOP_K)
-    except ImageDecodeError as exc:
-        raise ValidationError(f"{filename}: {exc}.", code="not_an_image") from None
+        ranked = predictor.predict(data, top_k=TOP_K)
+    except _decode_errors(model) as exc:
+        raise ValidationError(f"{filename}: {_sentence(exc)}", code=_refusal_code(model)) from None
     return [{"label": str(label), "probability": float(p)} for label, p in ranked]
+
+
+def _decode_errors(model: TrainedModel) -> tuple[type[Exception], ...]:
+    if model.kind == "audio":
+        from ml.audio import AudioDecodeError
+
+        return (AudioDecodeError,)
+    from ml.images import ImageDecodeError
+
+    return (ImageDecodeError,)
+
+
+def _refusal_code(model: TrainedModel) -> str:
+    return "not_audio" if model.kind == "audio" else "not_an_image"
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text if text.endswith((".", "!", "?", ".)")) else f"{text}."
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a speech model heard of an upload (for the page to show, next to the prediction)."""
+
+    spectrogram_png: bytes  # log-mel of exactly the model's input (ml.audio.MEL settings)
+    seconds: float  # length of the file as sent
+    clip_seconds: float  # the model's window: longer files are cut to their loudest part, shorter padded
+    fitted: str  # "trimmed" | "padded" | "" (ml.audio.fit_length's words)
+    silent: bool  # peak below ml.audio.SILENCE_DBFS: a microphone that recorded nothing
+
+    def note(self) -> str:
+        """One sentence for the user about what the model did with the file."""
+        if self.silent:
+            return "The clip is silent (or almost): check the microphone or the file."
+        if self.fitted == "trimmed":
+            return (f"The clip is {self.seconds:.1f} s long; the model listens to {self.clip_seconds:g} s, "
+                    "so it heard the loudest part.")
+        if self.fitted == "padded":
+            return (f"The clip is {self.seconds:.2f} s long; the model listens to {self.clip_seconds:g} s, "
+                    "so silence was added around it.")
+        return ""
+
+
+def prediction_heard(*, model: TrainedModel, data: bytes) -> Heard:
+    """The spectrogram of what a speech model heard of `data` (which prediction_create accepted):
+    Predictor.prepare fits the clip exactly as predict does. Raises ValidationError like
+    prediction_create for a file that is not audio."""
+    from ml.audio import audio_info, is_silent, spectrogram_png
+
+    if model.kind != "audio":
+        raise ValueError(f"{model} is not a speech model")
+    predictor = predictor_for(model)
+    rate = int(model.input_spec.get("sample_rate") or 16_000)
+    clip_samples = int(model.input_spec.get("clip_samples") or rate)
+    try:
+        wave = predictor.prepare(data)
+        seconds = audio_info(data).seconds  # the header's length: no second decode
+    except _decode_errors(model) as exc:
+        raise ValidationError(_sentence(exc), code=_refusal_code(model)) from None
+    clip_seconds = clip_samples / rate
+    sent = round(seconds * rate)
+    fitted = "trimmed" if sent > clip_samples else "padded" if sent < clip_samples else ""
+    return Heard(spectrogram_png=spectrogram_png(wave, sample_rate=rate), seconds=seconds,
+                 clip_seconds=clip_seconds, fitted=fitted, silent=bool(is_silent(wave)))
 
 
 def read_upload(upload) -> bytes:

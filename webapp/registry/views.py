@@ -20,6 +20,7 @@ from webapp.registry.services import (
     ModelUnavailable,
     model_directory,
     prediction_create,
+    prediction_heard,
     read_upload,
 )
 
@@ -68,40 +69,67 @@ def model_download(request, pk: int):
 @login_required
 @require_POST
 def model_predict(request, pk: int):
-    """Multipart `file` -> top-5 labels: JSON for fetch (Accept: application/json), else the page."""
+    """Multipart `file` -> top-5 labels: JSON for fetch (Accept: application/json), else the page.
+    For a speech model the answer also says what the model heard: its spectrogram and a note."""
     model = _get_model_for_user(request, pk)
     upload = request.FILES.get("file")
     filename = upload.name if upload else ""
-    predictions, error, status, data = None, None, 200, b""
+    predictions, heard, error, status, data = None, None, None, 200, b""
     try:
         if upload is None:
-            raise ValidationError("Choose an image file to upload.")
+            raise ValidationError(MISSING_FILE[model.kind])
         data = read_upload(upload)
         predictions = prediction_create(model=model, data=data, filename=filename)
+        if model.kind == "audio":
+            heard = prediction_heard(model=model, data=data)
     except ValidationError as exc:
-        error, status = " ".join(exc.messages), 400
+        predictions, error, status = None, " ".join(exc.messages), 400
     except ModelUnavailable as exc:
         error, status = str(exc), 410
 
     if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
         body = {"file": filename, "predictions": predictions} if error is None else {"file": filename, "error": error}
+        if heard is not None:
+            body["heard"] = _heard_dict(heard)
         return JsonResponse(body, status=status)
     context = _detail_context(model)
     if predictions:
         predictions = [{**p, "percent": f"{p['probability'] * 100:.1f} %"} for p in predictions]
-    context.update(predictions=predictions, prediction_error=error, prediction_file=filename)
+    context.update(predictions=predictions, prediction_error=error, prediction_file=filename,
+                   heard=_heard_dict(heard) if heard else None)
     if predictions and len(data) <= PREVIEW_MAX_BYTES:
-        context["preview_src"] = _preview_src(data)
+        context["preview_src"] = _preview_src(data, kind=model.kind)
     return render(request, "registry/model_detail.html", context, status=status)
 
 
-def _preview_src(data: bytes) -> str:
-    """Without JavaScript the page cannot show the local file, so it gets the bytes back inline,
-    typed by what the bytes are (the client's content type is not to be trusted)."""
-    from ml.images import open_image
+MISSING_FILE = {"image": "Choose an image file to upload.", "audio": "Choose an audio file to upload, or record one."}
 
-    mime = Image.MIME.get(open_image(data).format or "", "")
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}" if mime.startswith("image/") else ""
+
+def _heard_dict(heard) -> dict:
+    return {
+        "spectrogram": "data:image/png;base64," + base64.b64encode(heard.spectrogram_png).decode(),
+        "seconds": round(heard.seconds, 3),
+        "clip_seconds": heard.clip_seconds,
+        "fitted": heard.fitted,
+        "silent": heard.silent,
+        "note": heard.note(),
+    }
+
+
+# What the first bytes of a file say it is (the client's content type is not to be trusted).
+AUDIO_MAGIC = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
+
+
+def _preview_src(data: bytes, *, kind: str = "image") -> str:
+    """Without JavaScript the page cannot show (or play) the local file, so it gets the bytes back
+    inline, typed by what the bytes are."""
+    if kind == "audio":
+        mime = next((m for magic, m in AUDIO_MAGIC if data.startswith(magic)), "")
+    else:
+        from ml.images import open_image
+
+        mime = Image.MIME.get(open_image(data).format or "", "")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}" if mime.startswith(("image/", "audio/")) else ""
 
 
 def _get_model_for_user(request, pk: int) -> TrainedModel:
@@ -113,12 +141,16 @@ def _detail_context(model: TrainedModel) -> dict:
         "model": model,
         "metrics": _metric_rows(model.metrics),
         "confusion": _confusion_rows(model.classes, model.confusion),
+        # The recorder stops by itself a little after the model's window: room to start speaking late.
+        "record_seconds": min(10.0, (model.clip_seconds or 1.0) + 2.0),
     }
 
 
 METRIC_LABELS = [
     ("val_acc", "Validation accuracy", "percent"),
     ("val_loss", "Validation loss", "number"),
+    ("test_acc", "Test accuracy", "percent"),  # datasets with a test split (Speech Commands' lists)
+    ("test_loss", "Test loss", "number"),
     ("train_acc", "Training accuracy", "percent"),
     ("train_loss", "Training loss", "number"),
     ("samples_per_s", "Throughput (samples/s)", "rate"),
