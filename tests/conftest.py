@@ -1,8 +1,19 @@
-"""Shared fixtures: the three users every view test needs, and an isolated media folder."""
+"""Shared fixtures: the three users every view test needs, an isolated media folder, one torch thread."""
 
 pytest_plugins = ["tests.live"]
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests train tiny models: they gain nothing from threads, and the CPU is shared with other
+    test runs. (The live stack's worker is another process, with its own threads.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

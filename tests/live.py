@@ -113,6 +113,19 @@ class LiveStack:
         finally:
             _control_reply(app.control.add_consumer(self.queue, destination=[self.worker_name], reply=True, timeout=10))
 
+    def follow_job(self, start, *, user, timeout: float = 180) -> list[dict]:
+        """Every websocket message of a job's life, from its history to its end: `start()` creates
+        the job and returns its id while the worker is held, so the websocket listens before the
+        worker takes it and no event of the run is missed."""
+        with contextlib.ExitStack() as stack:
+            with self.paused_worker():
+                job_id = start()
+                ws = stack.enter_context(self.websocket(f"/ws/jobs/{job_id}/", user=user))
+            messages = [self.receive_json(ws)]
+            while messages[-1]["job"]["status"] not in ("succeeded", "failed", "cancelled"):
+                messages.append(self.receive_json(ws, timeout=timeout))
+        return messages
+
     def wait_for(self, predicate, *, timeout: float, what: str, interval: float = 0.1):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

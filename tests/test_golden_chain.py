@@ -95,26 +95,22 @@ def test_upload_ingest_train_stream_store_and_predict_through_the_api(live, alic
     assert dataset["status"] == "ready", dataset
     assert dataset["num_samples"] == 72 and [c["name"] for c in dataset["classes"]] == sorted(CLASSES)
 
-    # Hold the worker until the websocket is listening, so every event of the run arrives live.
     config = {"arch": "seed_cnn", "epochs": 3, "batch_size": 8, "augment": False}
-    with live.paused_worker():
+
+    def start_job() -> int:
         status, job = api.call("POST", "/api/jobs/", data={"dataset": dataset["id"], **config})
         assert status == 201, job
-        ws_context = live.websocket(f"/ws/jobs/{job['id']}/", user=alice)
-        ws = ws_context.__enter__()
-    try:
-        messages = [live.receive_json(ws)]
-        while messages[-1]["job"]["status"] not in ("succeeded", "failed", "cancelled"):
-            messages.append(live.receive_json(ws, timeout=120))
-    finally:
-        ws_context.__exit__(None, None, None)
+        return job["id"]
+
+    messages = live.follow_job(start_job, user=alice, timeout=120)
+    job_id = messages[0]["job"]["id"]
 
     assert messages[0]["type"] == "history" and messages[0]["job"]["status"] == "queued"
     epochs = [m["point"]["epoch"] for m in messages if m["type"] == "progress" and m["point"] and m["point"]["kind"] == "epoch"]
     assert epochs == [1, 2, 3]
     assert messages[-1]["type"] == "status" and messages[-1]["job"]["status"] == "succeeded", messages[-1]
 
-    status, job = api.call("GET", f"/api/jobs/{job['id']}/")
+    status, job = api.call("GET", f"/api/jobs/{job_id}/")
     assert status == 200 and job["status"] == Job.Status.SUCCEEDED
     assert [p["epoch"] for p in job["points"] if p["kind"] == "epoch"] == [1, 2, 3]  # stored, not only pushed
     model = TrainedModel.objects.get(pk=job["model_id"])

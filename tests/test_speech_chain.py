@@ -44,19 +44,15 @@ def test_upload_ingest_train_stream_store_and_predict_speech_through_the_api(liv
     assert [c["name"] for c in dataset["classes"]] == sorted(CLASSES)
     assert (dataset["info"]["sample_rate"], dataset["info"]["clip_samples"]) == (16_000, 16_000)
 
-    # Hold the worker until the websocket is listening, so every event of the run arrives live.
     config = {"arch": "cnn_mel", "epochs": 8, "batch_size": 8, "lr": 0.003, "augment": True}
-    with live.paused_worker():
+
+    def start_job() -> int:
         status, job = api.call("POST", "/api/jobs/", data={"dataset": dataset["id"], **config})
         assert status == 201, job
-        ws_context = live.websocket(f"/ws/jobs/{job['id']}/", user=alice)
-        ws = ws_context.__enter__()
-    try:
-        messages = [live.receive_json(ws)]
-        while messages[-1]["job"]["status"] not in ("succeeded", "failed", "cancelled"):
-            messages.append(live.receive_json(ws, timeout=180))
-    finally:
-        ws_context.__exit__(None, None, None)
+        return job["id"]
+
+    messages = live.follow_job(start_job, user=alice, timeout=180)
+    job_id = messages[0]["job"]["id"]
 
     assert messages[0]["type"] == "history" and messages[0]["job"]["status"] == "queued"
     assert any(m["type"] == "status" and m["job"]["status"] == "running" for m in messages)
@@ -64,7 +60,7 @@ def test_upload_ingest_train_stream_store_and_predict_speech_through_the_api(liv
     assert epochs == list(range(1, 9))
     assert messages[-1]["type"] == "status" and messages[-1]["job"]["status"] == "succeeded", messages[-1]
 
-    status, job = api.call("GET", f"/api/jobs/{job['id']}/")
+    status, job = api.call("GET", f"/api/jobs/{job_id}/")
     assert status == 200 and job["status"] == Job.Status.SUCCEEDED
     assert job["config"]["arch"] == "cnn_mel"
     assert [p["epoch"] for p in job["points"] if p["kind"] == "epoch"] == list(range(1, 9))  # stored, not only pushed

@@ -1,26 +1,16 @@
 """Job test fixtures: ready datasets written straight in the perceptor-images/1 format (no ingest),
-fake training events, and one torch thread (tiny tensors gain nothing from more, and the CPU is
-shared)."""
+and fake training events."""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 from django.core.files.storage import default_storage
 
 from webapp.datasets.models import Dataset
 
 # The smallest network and a run of a second or two on CPU.
 TINY_CONFIG = {"arch": "seed_cnn", "epochs": 2, "batch_size": 8, "lr": 3e-3, "augment": False}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_image_dataset(directory, *, num_train=32, num_val=8, size=8, classes=("dark", "bright"), seed=0) -> dict:

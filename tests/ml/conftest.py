@@ -2,18 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
 from ml import ImageData
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from threads, and the CPU is shared with other test runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def brightness_images(n: int, *, size=(16, 16), channels=3, num_classes=3, seed=0):

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from django.urls import reverse
 from PIL import Image
 from rest_framework.authtoken.models import Token
@@ -22,21 +21,12 @@ from webapp.registry.services import model_directory, model_register, prediction
 RATE = 16_000
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def speech_result():
     """cnn_mel trained on the three generated classes (low tone, high tone, rising chirp), on CPU."""
     from ml import TrainConfig, train
     from ml.data import AudioData
 
-    torch.set_num_threads(1)
     x, y = clip_arrays(120, seed=0)
     data = AudioData(x_train=x[:96], y_train=y[:96], x_val=x[96:], y_val=y[96:], classes=list(CLASSES))
     config = TrainConfig.from_dict({"arch": "cnn_mel", "epochs": 8, "batch_size": 8, "augment": True, "seed": 0}, modality="audio")

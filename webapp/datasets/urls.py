@@ -10,7 +10,7 @@ urlpatterns = [
     path("<int:pk>/", views.dataset_detail, name="detail"),
     path("<int:pk>/status/", views.dataset_status, name="status"),
     path("<int:pk>/samples/<int:index>.png", views.dataset_sample, name="sample"),
-    path("<int:pk>/clips/<int:index>.wav", views.dataset_clip_wav_view, name="clip_wav"),
-    path("<int:pk>/clips/<int:index>.png", views.dataset_clip_png_view, name="clip_png"),
+    path("<int:pk>/clips/<int:index>.wav", views.dataset_clip, {"fmt": "wav"}, name="clip_wav"),
+    path("<int:pk>/clips/<int:index>.png", views.dataset_clip, {"fmt": "png"}, name="clip_png"),
     path("<int:pk>/delete/", views.dataset_delete_view, name="delete"),
 ]

@@ -177,24 +177,19 @@ def dataset_sample(request, pk: int, index: int):
     return HttpResponse(png, content_type="image/png", headers=CACHE_FOREVER)
 
 
-@login_required
-@require_GET
-def dataset_clip_wav_view(request, pk: int, index: int):
-    dataset = _get_dataset_for_user(request, pk)
-    wav = dataset_clip_wav(dataset=dataset, index=index)
-    if wav is None:
-        raise Http404(f"Dataset {pk} has no clip {index}")
-    return HttpResponse(wav, content_type="audio/wav", headers=CACHE_FOREVER)
+# A stored speech clip as something to play, or its mel spectrogram to look at.
+CLIP_RENDERINGS = {"wav": (dataset_clip_wav, "audio/wav"), "png": (dataset_clip_png, "image/png")}
 
 
 @login_required
 @require_GET
-def dataset_clip_png_view(request, pk: int, index: int):
+def dataset_clip(request, pk: int, index: int, fmt: str):
     dataset = _get_dataset_for_user(request, pk)
-    png = dataset_clip_png(dataset=dataset, index=index)
-    if png is None:
+    render, content_type = CLIP_RENDERINGS[fmt]
+    body = render(dataset=dataset, index=index)
+    if body is None:
         raise Http404(f"Dataset {pk} has no clip {index}")
-    return HttpResponse(png, content_type="image/png", headers=CACHE_FOREVER)
+    return HttpResponse(body, content_type=content_type, headers=CACHE_FOREVER)
 
 
 @login_required
