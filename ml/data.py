@@ -59,10 +59,7 @@ class ImageData:
                 raise ValueError(f"{split} images must be uint8 N×H×W×C with C 1 or 3, got {x.dtype} {x.shape}")
             if x.shape[1:] != self.x_train.shape[1:]:
                 raise ValueError(f"{split} images are {x.shape[1:]}, train images are {self.x_train.shape[1:]}")
-            if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(f"{split} labels must be {len(x)} integers, got {y.dtype} {y.shape}")
-            if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
-                raise ValueError(f"{split} labels must be class indices 0..{len(self.classes) - 1}")
+            _check_labels(split, y, num_samples=len(x), num_classes=len(self.classes))
         if len(self.x_train) == 0:
             raise ValueError("there are no training images")
 
@@ -110,16 +107,20 @@ class AudioData:
                 raise ValueError(f"{split} clips must be int16 N×L, got {x.dtype} {x.shape}")
             if x.shape[1] != self.x_train.shape[1]:
                 raise ValueError(f"{split} clips are {x.shape[1]} samples long, train clips {self.x_train.shape[1]}")
-            if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(f"{split} labels must be {len(x)} integers, got {y.dtype} {y.shape}")
-            if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
-                raise ValueError(f"{split} labels must be class indices 0..{len(self.classes) - 1}")
+            _check_labels(split, y, num_samples=len(x), num_classes=len(self.classes))
         if self.noise is not None and (self.noise.dtype != np.int16 or self.noise.ndim != 1):
             raise ValueError(f"noise must be int16 and 1-D, got {self.noise.dtype} {self.noise.shape}")
         if len(self.x_train) == 0:
             raise ValueError("there are no training clips")
         if self.x_train.shape[1] == 0:
             raise ValueError("clips are 0 samples long")
+
+
+def _check_labels(split: str, y: np.ndarray, *, num_samples: int, num_classes: int) -> None:
+    if y.ndim != 1 or len(y) != num_samples or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{split} labels must be {num_samples} integers, got {y.dtype} {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{split} labels must be class indices 0..{num_classes - 1}")
 
 
 def _read_meta(directory: Path) -> dict:
