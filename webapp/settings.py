@@ -139,6 +139,8 @@ MAX_EXPANDED_BYTES = envint("PERCEPTOR_MAX_EXPANDED_MB", 8192) * 1024 * 1024
 MAX_ARCHIVE_RATIO = envint("PERCEPTOR_MAX_RATIO", 200)
 MAX_ARCHIVE_MEMBERS = envint("PERCEPTOR_MAX_FILES", 2_000_000)
 MAX_PREDICT_BYTES = envint("PERCEPTOR_MAX_PREDICT_MB", 20) * 1024 * 1024
+# A speech clip longer than this is skipped at ingest (with the reason), before it is decoded.
+MAX_CLIP_SECONDS = envint("PERCEPTOR_MAX_CLIP_SECONDS", 30)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024  # bigger uploads stream to a temporary file
 DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 

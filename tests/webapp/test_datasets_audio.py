@@ -163,6 +163,17 @@ def test_corrupt_and_silent_clips_are_listed_and_the_rest_is_used(speech):
     assert speech.info["padded"] == 1  # the half-second silence
 
 
+def test_a_clip_longer_than_the_configured_maximum_is_skipped_with_the_reason(alice, tmp_path, settings):
+    settings.MAX_CLIP_SECONDS = 2
+    data = speech_zip(tmp_path, per_class=4, extra={"low/lecture.wav": wav_bytes(tone(300, 2.5))})
+
+    dataset = ingest(alice, data)
+
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.skipped == [{"file": "low/lecture.wav", "reason": "clip is 2.5 s long; the longest accepted is 2 s"}]
+    assert dataset.num_samples == 4 * len(CLASSES)
+
+
 def test_an_archive_without_audio_in_class_folders_fails_with_the_reason(alice, tmp_path, settings):
     from ml.synthetic import write_archive
 

@@ -418,7 +418,8 @@ def dataset_ingest(*, dataset_id: int, progress: Callable[[int, int], None] | No
 
             report = ingest_audio_archive(
                 archive_path, out_dir, clip_seconds=options["clip_seconds"], val_fraction=options["val_fraction"],
-                seed=options["seed"], limits=archive_limits(), progress=ingest_progress)
+                seed=options["seed"], max_clip_seconds=settings.MAX_CLIP_SECONDS, limits=archive_limits(),
+                progress=ingest_progress)
         else:
             report = ingest_image_archive(
                 archive_path, out_dir, image_size=options["image_size"], val_fraction=options["val_fraction"],
