@@ -200,7 +200,14 @@ def test_a_user_records_a_word_with_the_microphone_and_sees_what_the_model_heard
 
     # At a phone's width the recorder and the results still fit.
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth")  # charts resize
+    try:
+        page.wait_for_function("() => document.documentElement.scrollWidth <= window.innerWidth")  # charts resize
+    except Exception:
+        shot(page, "speech-phone-model-too-wide")
+        too_wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+            .slice(0, 8).map(e => `${e.tagName.toLowerCase()}#${e.id}.${e.className}: ${Math.round(e.getBoundingClientRect().right)} px`)""")
+        raise AssertionError(f"the page is wider than the phone ({page.evaluate('window.innerWidth')} px): {too_wide}")
     shot(page, "speech-phone-model")
 
     assert page.problems == []
