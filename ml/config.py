@@ -72,8 +72,9 @@ class Param:
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 # Speech defaults (TrainConfig's own defaults are the image ones). Evidence (docs/benchmarks.md,
-# "Speech"): FSDD leave-one-speaker-out, 6 folds, these settings: crnn 79.1 % mean (worst 67.4 %),
-# ~3 CPU minutes a fold on 2 shared EPYC cores, 2026-11-30:  nice -n 10 .venv/bin/python bench/speech.py
+# "Speech"): FSDD leave-one-speaker-out, 6 folds, these settings and the per-clip floor in the front
+# end (ml.nets.FLOOR_DB): crnn 81.8 % mean (worst 70.0 %), ~3.6 CPU minutes a fold on 2 shared EPYC
+# cores, 2026-11-30:  nice -n 10 .venv/bin/python bench/speech.py --archs crnn
 # Not yet at the 95 % target, and not tuned beyond one fold. Clips are small next to images (one
 # 40×101 log-mel image per second), so a batch of 64 gives more steps per epoch on a few thousand
 # clips; augment covers speed, time shift, noise, gain and SpecAugment.
@@ -97,7 +98,8 @@ HYPERPARAMETERS: dict[str, Param] = {
     "arch": Param(
         "choice", _DEFAULTS["arch"], choices=tuple(ARCHITECTURES),
         help="Network architecture. Images: resnet is the accurate default, seed_cnn the small classic "
-        "baseline. Speech: cnn_mel is the default, crnn adds a recurrent layer, seed_lstm is the tutorial's LSTM.",
+        "baseline. Speech: crnn (convolutions plus a recurrent layer) is the default, cnn_mel a plain CNN, "
+        "seed_lstm the tutorial's LSTM.",
     ),
     "epochs": Param(
         "int", _DEFAULTS["epochs"], 1, 500,
@@ -124,7 +126,7 @@ HYPERPARAMETERS: dict[str, Param] = {
     "augment": Param(
         "bool", _DEFAULTS["augment"],
         help="Images: random shifts and horizontal flips (turn off when left and right matter: digits, "
-        "text). Speech: random time shifts, background noise, gain and SpecAugment masks.",
+        "text). Speech: random speed changes, time shifts, background noise, gain and SpecAugment masks.",
     ),
     "label_smoothing": Param(
         "float", _DEFAULTS["label_smoothing"], 0.0, 0.5,

@@ -153,6 +153,13 @@ def load_predictor(directory: str | Path) -> Predictor:
                 std=meta["preprocessing"]["std"],
                 **meta.get("arch_args", {}),
             )
+            saved = meta["preprocessing"].get("features")
+            if saved is not None and saved != model.frontend.settings:
+                # Weights are only right for the features they were trained on: refuse, never guess.
+                changed = sorted(k for k in {*saved, *model.frontend.settings}
+                                 if saved.get(k) != model.frontend.settings.get(k))
+                raise ValueError(f"{directory / META} was saved with another speech front end than this version "
+                                 f"computes (differs in: {', '.join(changed)}); train the model again")
         else:
             model = build_model(
                 meta["arch"],

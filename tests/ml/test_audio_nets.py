@@ -10,7 +10,7 @@ import torchaudio
 
 from ml import ARCHITECTURES, DEFAULT_ARCH, architectures_for, build_audio_model, build_model
 from ml.audio import MEL
-from ml.nets import AudioClassifier, SpecAugment, build_audio_frontend, feature_settings
+from ml.nets import FLOOR_DB, AudioClassifier, SpecAugment, build_audio_frontend, feature_settings
 
 AUDIO_ARCHS = architectures_for("audio")
 
@@ -55,12 +55,14 @@ def test_every_speech_arch_maps_waves_of_any_length_and_rate_to_logits(arch, sam
     assert torch.isfinite(logits).all()
 
 
-def test_the_front_end_is_torchaudio_mel_spectrogram_plus_log_and_normalisation():
+def test_the_front_end_is_torchaudio_mel_spectrogram_plus_log_floor_and_normalisation():
     mean, std = list(np.linspace(-8, 2, 40)), list(np.linspace(1, 4, 40))
     model = make("cnn_mel", mean=mean, std=std).eval()
     x = waves(3, 16_000, seed=1)
-    by_hand = torchaudio.transforms.MelSpectrogram(sample_rate=16_000, **MEL)(x)
-    by_hand = (torch.log(by_hand + 1e-6) - torch.tensor(mean).view(1, -1, 1)) / torch.tensor(std).view(1, -1, 1)
+    x[:, :4_000] = 0  # digital silence: floored
+    by_hand = torch.log(torchaudio.transforms.MelSpectrogram(sample_rate=16_000, **MEL)(x) + 1e-6)
+    by_hand = torch.maximum(by_hand, by_hand.amax(dim=(1, 2), keepdim=True) - FLOOR_DB / 10 * math.log(10))
+    by_hand = (by_hand - torch.tensor(mean).view(1, -1, 1)) / torch.tensor(std).view(1, -1, 1)
     with torch.no_grad():
         assert torch.allclose(model.features(x), by_hand.float(), atol=1e-5)
 
@@ -68,9 +70,33 @@ def test_the_front_end_is_torchaudio_mel_spectrogram_plus_log_and_normalisation(
 def test_seed_lstm_front_end_is_torchaudio_mfcc_on_log_mels():
     model = make("seed_lstm", mean=[0.0] * 20, std=[1.0] * 20).eval()
     x = waves(2, 12_000, seed=2)
+    x[:, 6_000:] = 0  # digital silence: MFCCs have no floor
     by_hand = torchaudio.transforms.MFCC(sample_rate=16_000, n_mfcc=20, log_mels=True, melkwargs=MEL)(x)
     with torch.no_grad():
         assert torch.allclose(model.features(x), by_hand, atol=1e-4)
+    assert "floor_db" not in model.frontend.settings
+
+
+def test_silence_and_faint_noise_meet_at_a_floor_below_each_clips_own_peak():
+    # FSDD's test clips are padded with digital silence; training adds faint noise. Below the
+    # floor (FLOOR_DB under the clip's own peak) both are one value, whatever the clip's level.
+    frontend = build_audio_frontend("crnn", sample_rate=16_000)
+    t = torch.arange(16_000) / 16_000
+    word = torch.where((t > 0.4) & (t < 0.6), 0.5 * torch.sin(2 * math.pi * 440 * t), torch.zeros(()))
+    hiss = torch.randn(16_000, generator=torch.Generator().manual_seed(0)) * 0.5 * 10 ** (-80 / 20)
+    x = torch.stack([word, word + hiss, word * 0.1, torch.zeros(16_000)])
+    with torch.no_grad():
+        feats = frontend(x)
+    peak = feats.amax(dim=(1, 2))
+    floor = peak - FLOOR_DB / 10 * math.log(10)
+    assert torch.allclose(feats[:3].amin(dim=(1, 2)), floor[:3])
+    silent = feats[:, :, :30]  # the first 300 ms: padding, or padding plus hiss
+    assert (silent[0] == floor[0]).all() and (silent[1] == floor[1]).all()
+    assert torch.allclose(peak[0], peak[1], atol=1e-3)
+    # 20 dB quieter: the whole picture, floor included, moves down by log(100). (Not for any level:
+    # log(power + 1e-6) is a fixed floor ~94 dB below a half-scale tone's peak.)
+    assert torch.allclose(feats[2] - peak[2], feats[0] - peak[0], atol=0.05)
+    assert (feats[3] == feats[3].amax()).all()  # all silence: one flat value
 
 
 def test_int16_input_is_scaled_like_float_waves():
@@ -157,6 +183,7 @@ def test_normalisation_and_front_end_settings_are_part_of_the_model():
     assert state["normalise.mean"].flatten().tolist() == [1.0] * 40
     assert state["normalise.std"].flatten().tolist() == [2.0] * 40
     assert model.frontend.settings == feature_settings(16_000)
+    assert model.frontend.settings["floor_db"] == FLOOR_DB
     assert model.frontend.settings["f_max"] == 8000.0
     assert feature_settings(8_000)["f_max"] == 4000.0  # capped at Nyquist
     assert (model.arch, model.arch_args, model.sample_rate, model.clip_samples) == (

@@ -132,3 +132,12 @@ def test_a_speech_model_json_naming_an_image_network_is_refused(saved):
     (saved / "model.json").write_text(json.dumps({**meta, "preprocessing": {"mean": [0.0], "std": [1.0]}}))
     with pytest.raises(ValueError, match="one value per feature row"):
         load_predictor(saved)
+
+
+def test_a_model_saved_with_other_front_end_settings_is_refused_naming_them(saved):
+    meta = json.loads((saved / "model.json").read_text())
+    features = {**meta["preprocessing"]["features"], "floor_db": 80.0, "n_mels": 64}
+    (saved / "model.json").write_text(json.dumps({**meta, "preprocessing": {**meta["preprocessing"],
+                                                                            "features": features}}))
+    with pytest.raises(ValueError, match=r"another speech front end .*differs in: floor_db, n_mels"):
+        load_predictor(saved)
