@@ -400,7 +400,7 @@ def job_run(*, job_id: int) -> None:
                 callback.log_cost()
                 from webapp.registry.services import model_register
 
-                model = model_register(job=job, result=result)
+                model = model_register(job=job, result=result, data=data)
                 # The model is stored, so the checkpoint is of no more use to anyone (a takeover
                 # finds the model and only finishes the job). Gone before the job reads succeeded.
                 shutil.rmtree(checkpoint.parent, ignore_errors=True)

@@ -17,11 +17,28 @@ class TrainedModel(models.Model):
     metrics = models.JSONField(default=dict)  # final val_acc, val_loss, train_*, samples_per_s...
     confusion = models.JSONField(default=list)  # validation confusion matrix, rows = true class
     size_bytes = models.PositiveBigIntegerField(default=0)
+    # Where the model came from (filled at registration, never edited): dataset (id, name, kind,
+    # fingerprint), job id, hyperparameters, code version, torch/python versions, device, duration.
+    lineage = models.JSONField(default=dict, blank=True)
+    # The evaluation report on the validation split (ml.evaluate): per-class precision/recall/F1,
+    # calibration (reliability bins, ECE), the misclassified examples with their files under report/.
+    evaluation = models.JSONField(default=dict, blank=True)
+    # Other formats than safetensors, per format: {"ok": bool, "file", "bytes", "reason", "parity": {...}}.
+    exports = models.JSONField(default=dict, blank=True)
+    # A published version is shared: every signed-in user may see it, predict with it and download
+    # it; only the owner (and staff) change it. New versions start private.
+    published = models.BooleanField(default=False)
+    # The owner's choice of version for a name (at most one per name); without one, the latest.
+    is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["owner", "name", "version"], name="unique_model_version")]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name", "version"], name="unique_model_version"),
+            models.UniqueConstraint(fields=["owner", "name"], condition=models.Q(is_default=True),
+                                    name="one_default_version_per_name"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -45,3 +62,48 @@ class TrainedModel(models.Model):
     @property
     def storage_dir(self) -> str:
         return f"models/{self.pk}"
+
+
+class BatchPrediction(models.Model):
+    """Predicting every file of an uploaded archive with one model, in the background; the result is
+    a CSV (file, top-1, probability, top-5) under MEDIA_ROOT/<storage_dir>."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batch_predictions")
+    model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="batch_predictions")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    filename = models.CharField(max_length=255)  # the archive's name as uploaded
+    cancel_requested = models.BooleanField(default=False)
+    total = models.PositiveIntegerField(default=0)  # files to predict (known once the archive is read)
+    done = models.PositiveIntegerField(default=0)  # files predicted or skipped so far
+    skipped = models.JSONField(default=list, blank=True)  # [{"file", "reason"}], also rows of the CSV
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Batch prediction {self.pk} ({self.model})"
+
+    @property
+    def storage_dir(self) -> str:
+        return f"batches/{self.pk}"
+
+    @property
+    def progress(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED

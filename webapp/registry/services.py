@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from django.template.defaultfilters import filesizeformat
 from webapp.registry.models import TrainedModel
 
 if TYPE_CHECKING:  # ml is imported lazily: the web process should not pay for torch until needed
-    from ml import Predictor, TrainResult
+    from ml import AudioData, ImageData, Predictor, TrainResult
 
     from jobs.models import Job
 
@@ -55,55 +57,109 @@ def _config_value(config: Any, name: str) -> Any:
 # --- Registering and deleting -------------------------------------------------------------------
 
 
-def model_register(*, job: Job, result: TrainResult) -> TrainedModel:
+def model_register(*, job: Job, result: TrainResult, data: ImageData | AudioData | None = None) -> TrainedModel:
     """Store a finished training run: a TrainedModel row and its files, both or neither.
 
-    The version is the next one for (owner, name); two registrations racing for the same version
-    hit the unique constraint and the loser retries with the following number. The files are
-    written inside the transaction (the row needs its id first, and nobody may see a row without
-    files); a failure anywhere removes the folder and rolls the row back.
+    Everything is built first in a staging folder beside the models: weights and description, the
+    evaluation report (ml.evaluate, on `data`'s validation split), the other formats with their
+    parity check, the lineage. That takes seconds and must not hold a database transaction open
+    (SQLite would lock every other writer out). Then one transaction creates the row and renames
+    the folder to its place. The version is the next one for (owner, name); two registrations
+    racing for the same version hit the unique constraint and the loser retries with the following
+    number. `data` is the dataset the job trained on (loaded from the job's dataset when None).
     """
     from ml import save_model
 
+    if data is None:
+        data = _dataset_or_none(job)
     arch = _config_value(result.config, "arch")
     name = f"{job.dataset.name} · {arch}"[: TrainedModel._meta.get_field("name").max_length]
-    for attempt in range(5):
-        directory: Path | None = None
-        try:
-            with transaction.atomic():
-                latest = TrainedModel.objects.filter(owner=job.owner, name=name).aggregate(v=Max("version"))["v"]
-                model = TrainedModel.objects.create(
-                    owner=job.owner,
-                    job=job,
-                    dataset=job.dataset,
-                    name=name,
-                    version=(latest or 0) + 1,
-                    arch=arch,
-                    classes=_plain(list(result.classes)),
-                    input_spec=_plain(dict(result.input_spec)),
-                    metrics=_plain(dict(result.metrics)),
-                    confusion=_plain(result.confusion),
-                )
-                directory = model_directory(model)
-                # An id can come back after a rolled-back insert (SQLite); its leftovers are stale.
-                shutil.rmtree(directory, ignore_errors=True)
-                directory.mkdir(parents=True)
-                save_model(result, directory)
-                model.size_bytes = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
-                model.save(update_fields=["size_bytes"])
-        except IntegrityError:
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-            if attempt == 4 or TrainedModel.objects.filter(job=job).exists():
-                raise  # not a version race: the job already has a model, or we keep losing
-            continue
-        except BaseException:
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-            raise
-        logger.info("Registered %s (id %s, %d bytes) from job %s", model, model.pk, model.size_bytes, job.pk)
-        return model
+    staging = Path(default_storage.path("models")) / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        save_model(result, staging)
+        fields = {
+            "lineage": _extra("lineage", lambda: model_lineage(job=job, result=result, data=data)),
+            "evaluation": _extra("evaluation", lambda: model_evaluation(result=result, data=data, directory=staging)),
+            "exports": _extra("exports", lambda: model_exports(result=result, data=data, directory=staging)),
+        }
+        size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+        for attempt in range(5):
+            directory: Path | None = None
+            try:
+                with transaction.atomic():
+                    latest = TrainedModel.objects.filter(owner=job.owner, name=name).aggregate(v=Max("version"))["v"]
+                    model = TrainedModel.objects.create(
+                        owner=job.owner,
+                        job=job,
+                        dataset=job.dataset,
+                        name=name,
+                        version=(latest or 0) + 1,
+                        arch=arch,
+                        classes=_plain(list(result.classes)),
+                        input_spec=_plain(dict(result.input_spec)),
+                        metrics=_plain(dict(result.metrics)),
+                        confusion=_plain(result.confusion),
+                        size_bytes=size,
+                        **{key: _plain(value) for key, value in fields.items()},
+                    )
+                    directory = model_directory(model)
+                    # An id can come back after a rolled-back insert (SQLite); its leftovers are stale.
+                    shutil.rmtree(directory, ignore_errors=True)
+                    os.replace(staging, directory)
+            except IntegrityError:
+                if directory is not None and directory.exists():
+                    os.replace(directory, staging)  # the folder goes back for the next attempt
+                if attempt == 4 or TrainedModel.objects.filter(job=job).exists():
+                    raise  # not a version race: the job already has a model, or we keep losing
+                continue
+            except BaseException:
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
+                raise
+            logger.info("Registered %s (id %s, %d bytes) from job %s", model, model.pk, model.size_bytes, job.pk)
+            return model
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     raise AssertionError("unreachable")
+
+
+def _dataset_or_none(job: Job) -> ImageData | AudioData | None:
+    """The job's dataset, or None when its files cannot be read (then the report and the exports
+    record why they are missing)."""
+    from ml.data import load_dataset
+
+    try:
+        return load_dataset(default_storage.path(job.dataset.storage_dir))
+    except (OSError, ValueError) as exc:
+        logger.warning("Job %s: cannot read dataset %s for the report and exports: %s", job.pk, job.dataset_id, exc)
+        return None
+
+
+def _extra(what: str, make) -> dict:
+    """A part of the registration that must never lose the model: its failure is logged and
+    recorded (the page says what is missing and why) instead of failing the job."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - recorded on the model, shown to its owner
+        logger.exception("Model %s could not be made", what)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def model_lineage(*, job: Job, result: TrainResult, data: ImageData | AudioData | None) -> dict:
+    """Where a model came from: dataset (id, name, kind, fingerprint), job, hyperparameters, code
+    version, torch and python versions, device, duration."""
+    return {}
+
+
+def model_evaluation(*, result: TrainResult, data: ImageData | AudioData | None, directory: Path) -> dict:
+    """The evaluation report on the validation split; its example files go under directory/report/."""
+    return {}
+
+
+def model_exports(*, result: TrainResult, data: ImageData | AudioData | None, directory: Path) -> dict:
+    """TorchScript and ONNX files in `directory`, the ONNX one checked against PyTorch on held-out samples."""
+    return {}
 
 
 def model_delete(*, model: TrainedModel) -> None:
