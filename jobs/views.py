@@ -7,12 +7,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from jobs.forms import JobForm
 from jobs.models import Job
-from jobs.selectors import job_list_for_user, job_queue_positions
+from jobs.selectors import COMPARE_MAX, job_comparison, job_list_for_user, job_queue_positions
 from jobs.services import (
     JobStateError,
     dead_job_limit_s,
@@ -147,6 +148,33 @@ def _restart_view(service, done: str):
 
 job_resume_view = _restart_view(job_resume, "it continues from its last checkpoint")
 job_retry_view = _restart_view(job_retry, "it trains from the first epoch")
+
+
+@login_required
+@require_safe
+def job_compare(request):
+    """?ids=3,5,8 (or ?ids=3&ids=5&ids=8, as the job list's checkboxes send it): the runs' curves
+    overlaid, their final metrics and their hyperparameters side by side. A job that is not the
+    user's reads as absent (404), as everywhere."""
+    raw = [part.strip() for part in ",".join(request.GET.getlist("ids")).split(",") if part.strip()]
+    bad = [part for part in raw if not part.isdigit()]
+    ids = list(dict.fromkeys(int(part) for part in raw if part.isdigit()))  # in order, each once
+    problem = ""
+    if bad:
+        problem = f"“{bad[0]}” is not a job number: ids are numbers separated by commas, like ?ids=3,5,8."
+    elif len(ids) < 2:
+        problem = "Choose at least two jobs to compare: tick them in the job list, then press Compare."
+    elif len(ids) > COMPARE_MAX:
+        problem = f"At most {COMPARE_MAX} jobs can be compared at once; {len(ids)} were chosen."
+    if problem:
+        return render(request, "jobs/compare.html", {"problem": problem}, status=400)
+    try:
+        comparison = job_comparison(user=request.user, job_ids=ids)
+    except Job.DoesNotExist as exc:
+        raise Http404(str(exc)) from None
+    series = [{"id": run["job"].pk, "label": f"Job {run['job'].pk} ({run['job'].arch})", "color": run["color"],
+               "points": run["points"]} for run in comparison["runs"]]
+    return render(request, "jobs/compare.html", {**comparison, "series": series})
 
 
 @login_required

@@ -128,6 +128,17 @@ STATICFILES_DIRS = [
     ("vendor/chart.js", NODE_MODULES / "chart.js" / "dist"),
     ("vendor/pico", NODE_MODULES / "@picocss" / "pico" / "css"),
 ]
+# From big packages only the files a page needs (webapp/staticfiles.py): in-browser inference uses
+# onnxruntime-web's WASM-only runtime, which loads its .mjs/.wasm pair from the same folder.
+STATICFILES_NODE_FILES = {
+    "vendor/onnxruntime-web": (NODE_MODULES / "onnxruntime-web" / "dist",
+                               ["ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"]),
+}
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "webapp.staticfiles.NodeFilesFinder",
+]
 WHITENOISE_USE_FINDERS = True  # serve straight from the finders too, no collectstatic needed
 MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"  # never served directly: files go out through views that check ownership

@@ -78,5 +78,14 @@
     if (chart && xMax && chart.options.scales.x.max !== xMax) chart.options.scales.x.max = xMax;
   }
 
-  window.PerceptorCharts = { COLORS: COLORS, trainingChart: trainingChart, setXMax: setXMax };
+  // The same chart with one validation series per run ({label, color, points: [{x, y}]}): compare.js.
+  function runsChart(canvas, options, runs) {
+    const chart = trainingChart(canvas, options);
+    if (!chart) return null;
+    chart.data.datasets = runs.map((run) => Object.assign(series(run.label, run.color, 3), { data: run.points }));
+    chart.update();
+    return chart;
+  }
+
+  window.PerceptorCharts = { COLORS: COLORS, trainingChart: trainingChart, runsChart: runsChart, setXMax: setXMax };
 })();

@@ -4,23 +4,25 @@
 // (low-pass + resample + encode), handed to predict.js as a file ("perceptor:recorded" on the
 // form), which posts it like an uploaded one. The server needs no FFmpeg: it reads the WAV.
 // Where there is no microphone, or the user says no, a message says so and uploading still works.
-// State for browser tests: window.perceptorRecorder = {state, seconds, peak, inputRate, method,
-// recordings, error}.
-(function () {
+// Every .recorder box on the page works this way (the predict form's, and the in-browser inference
+// form's): its button, meter, timer and alert are found inside it, its recording goes to its form.
+// State for browser tests: window.perceptorRecorders[box id] = {state, seconds, peak, inputRate,
+// method, recordings, error}; window.perceptorRecorder is the first box's (the predict form's).
+document.querySelectorAll(".recorder").forEach(function (box) {
   "use strict";
-  const box = document.getElementById("recorder");
-  const form = document.getElementById("predict-form");
-  if (!box || !form) return;
-  const el = (id) => document.getElementById(id);
-  const button = el("record-button");
-  const meter = el("record-level");
-  const clock = el("record-time");
-  const errorBox = el("record-error");
+  const form = box.closest("form");
+  if (!form) return;
+  const button = box.querySelector("button");
+  const meter = box.querySelector("meter");
+  const clock = box.querySelector("[role=timer]");
+  const errorBox = box.querySelector("[role=alert]");
   const MAX_SECONDS = parseFloat(box.dataset.maxSeconds) || 3;
   const RATE = 16000;  // what the models take (ml.audio.SAMPLE_RATE); the server would resample anyway
-  const state = (window.perceptorRecorder = {
+  const state = {
     state: "idle", seconds: 0, peak: 0, inputRate: null, method: "", recordings: 0, error: "",
-  });
+  };
+  (window.perceptorRecorders = window.perceptorRecorders || {})[box.id] = state;
+  window.perceptorRecorder = window.perceptorRecorder || state;
   let session = null;  // {stream, context, nodes, chunks, samples, timer}
 
   box.hidden = false;
@@ -271,6 +273,6 @@
   }
 
   // For tests and the curious: the same encoder the recorder uses.
-  window.perceptorRecorder.encodeWav = encodeWav;
-  window.perceptorRecorder.resample = resample;
-})();
+  state.encodeWav = encodeWav;
+  state.resample = resample;
+});

@@ -27,6 +27,7 @@
 
   const fileInput = form.querySelector("input[type=file]");
   const submit = document.getElementById("upload-submit");
+  const label = submit.textContent;  // the form's own words ("Upload", "Upload and predict")
   const cancel = document.getElementById("upload-cancel");
   const row = document.getElementById("upload-progress");
   const bar = row.querySelector("progress");
@@ -67,7 +68,7 @@
   function busy(on) {
     submit.disabled = on;
     submit.setAttribute("aria-busy", on ? "true" : "false");
-    submit.textContent = on ? "Uploading…" : "Upload";
+    submit.textContent = on ? "Uploading…" : label;
     cancel.hidden = !on;
     row.hidden = !on;
   }

@@ -140,7 +140,7 @@ def test_a_user_uploads_trains_watches_live_and_predicts_in_the_browser(live, br
     expect(page).to_have_url(f"{live.url}/models/{model.pk}/")
     assert model.owner == alice and sorted(model.classes) == sorted(SHAPES)
     page.locator("#predict-file").set_input_files(tmp_path / "circle.png")
-    page.get_by_role("button", name="Predict").click()
+    page.get_by_role("button", name="Predict", exact=True).click()
     expect(page.locator("#prediction-list li")).to_have_count(5)
     labels = page.locator("#prediction-list li").evaluate_all("items => items.map(li => li.dataset.label)")
     probabilities = page.locator("#prediction-list li").evaluate_all(

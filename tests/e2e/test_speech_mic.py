@@ -232,7 +232,7 @@ def test_a_denied_microphone_says_so_and_uploading_still_works(live, launch, spe
     # The upload path is untouched: a file that is not audio is refused with the reason.
     (tmp_path / "notes.txt").write_text("not a sound")
     page.locator("#predict-file").set_input_files(tmp_path / "notes.txt")
-    page.get_by_role("button", name="Predict").click()
+    page.get_by_role("button", name="Predict", exact=True).click()
     expect(page.locator("#prediction-error")).to_contain_text("notes.txt: not an audio file")
     page.problems[:] = [p for p in page.problems if "400 (Bad Request)" not in p]  # the refusal itself
     assert page.problems == []

@@ -51,8 +51,11 @@ def user_delete(*, user: AbstractBaseUser) -> None:
     """Delete a user and everything they own, files included: a plain cascade would delete the
     rows of their datasets, jobs and models but leave the archives, arrays and weights on disk."""
     from webapp.datasets.services import dataset_delete
+    from webapp.registry.batch import batch_delete
     from webapp.registry.services import model_delete
 
+    for batch in user.batch_predictions.all():  # theirs, with anyone's models
+        batch_delete(batch=batch)
     for model in user.trained_models.all():
         model_delete(model=model)
     for dataset in user.datasets.all():

@@ -13,7 +13,7 @@ from jobs.models import Job
 from webapp.datasets.models import Dataset
 from webapp.datasets.services import KIND_CHOICES
 from webapp.ownership import owned_by
-from webapp.registry.models import TrainedModel
+from webapp.registry.models import BatchPrediction, TrainedModel
 
 # --- Datasets ----------------------------------------------------------------------------------
 
@@ -213,12 +213,71 @@ class JobCloneSerializer(serializers.Serializer):
 # --- Models ------------------------------------------------------------------------------------
 
 
+class EvaluationSummarySerializer(serializers.Serializer):
+    accuracy = serializers.FloatField(allow_null=True, help_text="Validation accuracy, 0..1.")
+    macro_f1 = serializers.FloatField(allow_null=True, help_text="Mean of the per-class F1 scores.")
+    ece = serializers.FloatField(allow_null=True, help_text="Expected calibration error, 0..1 (lower is better).")
+    error = serializers.CharField(required=False, help_text="Only when the report could not be made: why.")
+
+
 class TrainedModelSerializer(serializers.ModelSerializer):
+    evaluation = serializers.SerializerMethodField()
+    downloads = serializers.SerializerMethodField()
+
     class Meta:
         model = TrainedModel
-        fields = ["id", "name", "version", "arch", "dataset", "job", "classes", "input_spec", "metrics",
-                  "confusion", "size_bytes", "created_at"]
+        fields = ["id", "name", "version", "published", "is_default", "owner", "arch", "dataset", "job", "classes",
+                  "input_spec", "metrics", "confusion", "size_bytes", "lineage", "exports", "evaluation",
+                  "downloads", "created_at"]
         read_only_fields = fields
+        extra_kwargs = {
+            "name": {"help_text": "`<dataset> · <architecture>`; training again on it adds a version."},
+            "version": {"help_text": "1, 2, 3… per owner and name."},
+            "published": {"help_text": "Shared: every signed-in user may see, use and download this version."},
+            "is_default": {"help_text": "The owner's chosen version of the name (at most one; when none is "
+                                        "chosen, the latest version is the default)."},
+            "owner": {"help_text": "Id of the user who trained it."},
+            "lineage": {"help_text": "Where it came from: `dataset` {`id`, `name`, `kind`, `fingerprint` (a hash "
+                                     "of labels and samples; null, with `fingerprint_error`, when the dataset's "
+                                     "files could not be read), `num_train`, `num_val`}, `job`, `hyperparameters`, "
+                                     "`code_version` (git commit), `torch`, `python`, `device`, `duration_s`, "
+                                     "`worker`, `started_at`, `finished_at`; or `{error}` when it could not be "
+                                     "recorded."},
+            "exports": {"help_text": "Per format (`torchscript`, `onnx`): `ok`, and `file`, `bytes`, `seconds` "
+                                     "(ONNX: `opset`, `input`, `output`, `parity` {`samples`, `top1_agree`, "
+                                     "`max_abs_diff`, `tolerance`, `passed`}) or, when not offered, `reason`."},
+        }
+
+    @extend_schema_field(EvaluationSummarySerializer(allow_null=True))
+    def get_evaluation(self, model: TrainedModel) -> dict | None:
+        """The report's headline figures (the full report is on the model's page); null before any."""
+        evaluation = model.evaluation or {}
+        if "error" in evaluation:
+            return {"accuracy": None, "macro_f1": None, "ece": None, "error": evaluation["error"]}
+        if not evaluation:
+            return None
+        return {"accuracy": evaluation.get("accuracy"), "macro_f1": evaluation.get("macro_f1"),
+                "ece": (evaluation.get("calibration") or {}).get("ece")}
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string", "format": "uri"},
+                          "description": "Download URLs (`GET /api/models/{id}/download/`): `zip` (all files), "
+                                         "`safetensors`, `json`, and `torchscript` / `onnx` when that export "
+                                         "succeeded."})
+    def get_downloads(self, model: TrainedModel) -> dict:
+        from django.urls import reverse
+
+        from webapp.registry.services import EXPORT_FILES, model_files
+
+        formats = {"model.safetensors": "safetensors", "model.json": "json", **EXPORT_FILES}
+        base = reverse("api-model-download", args=[model.pk])
+        urls = {"zip": base, **{formats[name]: f"{base}?file={name}" for name in model_files(model)}}
+        request = self.context.get("request")
+        return {fmt: request.build_absolute_uri(url) if request else url for fmt, url in urls.items()}
+
+
+class PublishSerializer(serializers.Serializer):
+    published = serializers.BooleanField(help_text="true shares the version with every signed-in user; false "
+                                         "makes it private again.")
 
 
 class PredictRequestSerializer(serializers.Serializer):
@@ -234,6 +293,46 @@ class PredictResponseSerializer(serializers.Serializer):
     model = serializers.IntegerField()
     file = serializers.CharField()
     predictions = PredictionSerializer(many=True, help_text="Top 5, most probable first.")
+
+
+# --- Batch predictions ---------------------------------------------------------------------------
+
+
+class BatchPredictionSerializer(serializers.ModelSerializer):
+    progress = serializers.FloatField(read_only=True, help_text="done / total, 0..1.")
+    csv = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BatchPrediction
+        fields = ["id", "model", "status", "filename", "total", "done", "progress", "skipped", "error",
+                  "cancel_requested", "created_at", "started_at", "finished_at", "csv"]
+        read_only_fields = fields
+        extra_kwargs = {
+            "filename": {"help_text": "The archive's name as uploaded."},
+            "total": {"help_text": "Files in the archive (system files such as __MACOSX/ left out): one CSV row each."},
+            "done": {"help_text": "Files predicted or skipped so far (updated a few times a second)."},
+            "skipped": {"help_text": "Files that could not be predicted, each `{file, reason}` (also rows of the "
+                                     "CSV, with the reason in `error`)."},
+            "error": {"help_text": "Why the batch failed (empty otherwise)."},
+        }
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True,
+                          "description": "The CSV's URL once the batch has finished with one; null before."})
+    def get_csv(self, batch: BatchPrediction) -> str | None:
+        from django.urls import reverse
+
+        from webapp.registry.batch import batch_csv_path
+
+        if batch_csv_path(batch) is None:
+            return None
+        url = reverse("api-batch-csv", args=[batch.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
+
+class BatchCreateSerializer(serializers.Serializer):
+    archive = serializers.FileField(help_text="A .zip, .tar or .tar.gz of images (image models) or recordings "
+                                    "(speech models), in any folders.")
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -7,6 +7,8 @@ Django ValidationErrors from services become 400s with the same messages, keyed 
 from contextlib import contextmanager
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException
@@ -18,7 +20,7 @@ from jobs.models import Job
 from webapp.api import serializers as s
 from webapp.datasets.models import Dataset
 from webapp.ownership import get_owned_or_404, owned_by
-from webapp.registry.models import TrainedModel
+from webapp.registry.selectors import get_owned_model_or_404, get_visible_model_or_404, visible_models
 
 
 @contextmanager
@@ -44,18 +46,24 @@ class UploadTooLarge(APIException):
     default_code = "upload_too_large"
 
 
-class DatasetListCreate(generics.ListCreateAPIView):
-    parser_classes = [MultiPartParser, FormParser]
+class RefusesOversizedUploads:
+    """A POST larger than the upload limit is refused by its Content-Length, before authentication:
+    session authentication's CSRF check would read the whole body. The error is keyed by `upload_field`."""
+
+    upload_field = "file"
 
     def initial(self, request, *args, **kwargs):
-        # Before authentication: session authentication's CSRF check would read the whole body.
         if request.method == "POST":
             from webapp.datasets.services import dataset_upload_size_error
 
             error = dataset_upload_size_error(content_length=request.META.get("CONTENT_LENGTH"))
             if error:
-                raise UploadTooLarge({"file": [error]})
+                raise UploadTooLarge({self.upload_field: [error]})
         super().initial(request, *args, **kwargs)
+
+
+class DatasetListCreate(RefusesOversizedUploads, generics.ListCreateAPIView):
+    parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
         return owned_by(Dataset.objects.all(), self.request.user)
@@ -246,15 +254,41 @@ class JobClone(APIView):
 
 
 def _models_for(user):
-    return owned_by(TrainedModel.objects.all(), user)
+    return visible_models(user)
 
 
-@extend_schema(summary="List your trained models")
+def _bad_filter(name: str, value: str, expected: str):
+    return serializers.ValidationError({name: [f"{value!r} is not {expected}."]})
+
+
+@extend_schema(
+    summary="List the trained models you can use",
+    description="Yours and the versions other users have published (staff: all), newest first. "
+    "Every version of a name is listed; `is_default` marks the owner's chosen one.",
+    parameters=[
+        OpenApiParameter("name", str, description="Only the versions of this name (exact, e.g. `Digits · seed_cnn`)."),
+        OpenApiParameter("dataset", int, description="Only models trained on this dataset id."),
+        OpenApiParameter("published", bool, description="`true`: only published versions; `false`: only private ones."),
+    ],
+)
 class ModelList(generics.ListAPIView):
     serializer_class = s.TrainedModelSerializer
 
     def get_queryset(self):
-        return _models_for(self.request.user)
+        models = _models_for(self.request.user)
+        params = self.request.query_params
+        if "name" in params:
+            models = models.filter(name=params["name"])
+        if "dataset" in params:
+            if not params["dataset"].isdigit():
+                raise _bad_filter("dataset", params["dataset"], "a dataset id")
+            models = models.filter(dataset_id=int(params["dataset"]))
+        if "published" in params:
+            published = params["published"].lower()
+            if published not in ("true", "false"):
+                raise _bad_filter("published", params["published"], "true or false")
+            models = models.filter(published=published == "true")
+        return models
 
 
 @extend_schema(summary="One trained model", responses={200: s.TrainedModelSerializer, 404: NOT_FOUND})
@@ -263,6 +297,59 @@ class ModelDetail(generics.RetrieveAPIView):
 
     def get_queryset(self):
         return _models_for(self.request.user)
+
+
+class ModelDownload(APIView):
+    @extend_schema(
+        summary="Download a model: all its files as a zip, or one of them",
+        description="The same files as the model page offers; the URLs per format are in the model's `downloads`.",
+        parameters=[OpenApiParameter(
+            "file", str, enum=["model.safetensors", "model.json", "model.torchscript.pt", "model.onnx"],
+            description="One file instead of the zip. An exported format is there only when its export (and, for "
+            "ONNX, the parity check) succeeded; otherwise 404 with the reason.")],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: NOT_FOUND},
+    )
+    def get(self, request, pk: int):
+        from webapp.registry.views import model_download
+
+        # The page's view serves the bytes; DRF has put the token's user on the underlying request.
+        get_visible_model_or_404(request.user, pk)
+        return model_download(request._request, pk)
+
+
+OWNER_ONLY = OpenApiResponse(s.ErrorSerializer, description="No such model, or not yours (a version someone else "
+                             "published can be used, not changed).")
+
+
+class ModelPublish(APIView):
+    @extend_schema(
+        summary="Publish or unpublish a version of your model",
+        description="A published version can be seen, used and downloaded by every signed-in user; only you "
+        "(and staff) can change or delete it.",
+        request=s.PublishSerializer, responses={200: s.TrainedModelSerializer, 404: OWNER_ONLY},
+    )
+    def post(self, request, pk: int):
+        from webapp.registry.services import model_publish
+
+        model = get_owned_model_or_404(request.user, pk)
+        form = s.PublishSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        model_publish(model=model, published=form.validated_data["published"])
+        return Response(s.TrainedModelSerializer(model, context={"request": request}).data)
+
+
+class ModelDefault(APIView):
+    @extend_schema(
+        summary="Make this version the default of its name",
+        description="The previous default of the name stops being one.",
+        request=None, responses={200: s.TrainedModelSerializer, 404: OWNER_ONLY},
+    )
+    def post(self, request, pk: int):
+        from webapp.registry.services import model_set_default
+
+        model = get_owned_model_or_404(request.user, pk)
+        model_set_default(model=model)
+        return Response(s.TrainedModelSerializer(model, context={"request": request}).data)
 
 
 class ModelPredict(APIView):
@@ -282,7 +369,7 @@ class ModelPredict(APIView):
     def post(self, request, pk: int):
         from webapp.registry.services import ModelUnavailable, prediction_create, read_upload
 
-        model = get_owned_or_404(TrainedModel, request.user, pk)
+        model = get_visible_model_or_404(request.user, pk)
         form = s.PredictRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
@@ -293,3 +380,119 @@ class ModelPredict(APIView):
         except ModelUnavailable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_410_GONE)
         return Response({"model": model.pk, "file": upload.name, "predictions": predictions})
+
+
+# --- Batch predictions -------------------------------------------------------------------------
+
+
+def _batches_for(user):
+    from webapp.registry.batch import batch_list_for_user
+
+    return batch_list_for_user(user=user)
+
+
+def _batch(request, batch) -> dict:
+    return s.BatchPredictionSerializer(batch, context={"request": request}).data
+
+
+class ModelBatchCreate(RefusesOversizedUploads, APIView):
+    parser_classes = [MultiPartParser]
+    upload_field = "archive"
+
+    @extend_schema(
+        summary="Predict every file of an archive with this model",
+        description="The archive is checked at once (a zip or tar within the limits, with files the model "
+        "takes); a worker then predicts every file in the background. Poll `GET /api/batches/{id}/` until "
+        "`status` is `succeeded` (or `failed` / `cancelled`), then fetch `csv`: one row per file with "
+        "`file, top1, probability, top5, error` (top5 as `label:0.9312;label:0.0400;…`; a file that could not "
+        "be read has its reason in `error` and no prediction). Works with your models and published ones.",
+        request={"multipart/form-data": s.BatchCreateSerializer},
+        responses={
+            202: s.BatchPredictionSerializer,
+            400: OpenApiResponse(description="Not an archive, corrupt, empty, or nothing the model takes; "
+                                 "`archive` names the file and says why. Nothing is stored."),
+            404: NOT_FOUND,
+            413: OpenApiResponse(description="The request is larger than the upload limit; refused before the "
+                                 "body is read, nothing stored."),
+        },
+    )
+    def post(self, request, pk: int):
+        from webapp.registry.batch import batch_create
+
+        model = get_visible_model_or_404(request.user, pk)
+        form = s.BatchCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        with service_errors():
+            batch = batch_create(user=request.user, model=model, upload=form.validated_data["archive"])
+        batch.refresh_from_db()  # eager Celery may have run it already
+        return Response(_batch(request, batch), status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(summary="List your batch predictions")
+class BatchList(generics.ListAPIView):
+    serializer_class = s.BatchPredictionSerializer
+
+    def get_queryset(self):
+        return _batches_for(self.request.user)
+
+
+@extend_schema(responses={200: s.BatchPredictionSerializer, 204: None, 404: NOT_FOUND})
+class BatchDetail(generics.RetrieveDestroyAPIView):
+    serializer_class = s.BatchPredictionSerializer
+
+    def get_queryset(self):
+        return _batches_for(self.request.user)
+
+    @extend_schema(summary="One of your batch predictions")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(summary="Delete a batch prediction and its CSV",
+                   description="A running batch stops after the files it is predicting.")
+    def delete(self, request, *args, **kwargs):
+        return super().delete(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        from webapp.registry.batch import batch_delete
+
+        batch_delete(batch=instance)
+
+
+class BatchCsv(APIView):
+    @extend_schema(
+        summary="The CSV of a finished batch prediction",
+        description="Columns `file, top1, probability, top5, error`, one row per file in archive order. "
+        "A cancelled batch has the rows of the files done before the cancel.",
+        responses={(200, "text/csv"): OpenApiTypes.BINARY, 404: NOT_FOUND,
+                   409: OpenApiResponse(s.ErrorSerializer, description="No CSV yet: the batch has not finished.")},
+    )
+    def get(self, request, pk: int):
+        from webapp.registry.batch import batch_csv_filename, batch_csv_path
+
+        batch = get_owned_or_404(_batches_for(request.user), request.user, pk)
+        path = batch_csv_path(batch)
+        if path is None:
+            return Response({"detail": f"No CSV yet: the batch is {batch.get_status_display().lower()}."},
+                            status=status.HTTP_409_CONFLICT)
+        return FileResponse(path.open("rb"), as_attachment=True, content_type="text/csv",
+                            filename=batch_csv_filename(batch))
+
+
+class BatchCancel(APIView):
+    @extend_schema(
+        summary="Cancel a batch prediction",
+        description="A queued batch is cancelled at once; a running one stops after the files it is predicting "
+        "(`status` becomes `cancelled`, and its CSV keeps the rows done).",
+        request=None,
+        responses={200: s.BatchPredictionSerializer, 404: NOT_FOUND,
+                   409: OpenApiResponse(s.ErrorSerializer, description="The batch has already finished.")},
+    )
+    def post(self, request, pk: int):
+        from webapp.registry.batch import BatchStateError, batch_cancel
+
+        batch = get_owned_or_404(_batches_for(request.user), request.user, pk)
+        try:
+            batch_cancel(batch=batch)
+        except BatchStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(_batch(request, batch))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import math
 import os
 import shutil
+import subprocess
 import threading
 import uuid
 from collections import OrderedDict
@@ -141,6 +145,9 @@ def _extra(what: str, make) -> dict:
     recorded (the page says what is missing and why) instead of failing the job."""
     try:
         return make()
+    except ValueError as exc:  # the parts raise ValueError with a reason meant for the owner
+        logger.warning("Model %s not made: %s", what, exc)
+        return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - recorded on the model, shown to its owner
         logger.exception("Model %s could not be made", what)
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -148,32 +155,154 @@ def _extra(what: str, make) -> dict:
 
 def model_lineage(*, job: Job, result: TrainResult, data: ImageData | AudioData | None) -> dict:
     """Where a model came from: dataset (id, name, kind, fingerprint), job, hyperparameters, code
-    version, torch and python versions, device, duration."""
-    return {}
+    version, torch and python versions, device, duration.
+
+    The fingerprint hashes the dataset's labels and a sample of its inputs (the same facts that
+    keep a checkpoint from resuming onto other data), so two versions trained on the same name can
+    be told apart when the dataset was replaced in between. Without `data` (its files could not be
+    read) the rest is still recorded: the fingerprint is None, with the reason."""
+    import platform
+
+    import torch
+    from django.utils import timezone
+
+    from ml.checkpoint import data_fingerprint
+
+    dataset = job.dataset
+    facts = {"id": dataset.pk, "name": dataset.name, "kind": dataset.kind}
+    if data is None:
+        facts.update(fingerprint=None, fingerprint_error="the dataset's files could not be read",
+                     num_train=dataset.num_train, num_val=dataset.num_val)
+    else:
+        digest = hashlib.sha256(json.dumps(data_fingerprint(data), sort_keys=True).encode()).hexdigest()
+        facts.update(fingerprint=digest[:16], num_train=len(data.y_train), num_val=len(data.y_val))
+    return {
+        "dataset": facts,
+        "job": job.pk,
+        "hyperparameters": result.config.to_dict(),
+        "code_version": code_version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": result.device,
+        "duration_s": result.metrics.get("duration_s"),
+        "worker": job.worker,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": timezone.now().isoformat(),  # training has just ended: registration follows it
+    }
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the running code (asked once per process), else PERCEPTOR_CODE_VERSION
+    (set it where the code is deployed without its .git), else "unknown"."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.BASE_DIR, capture_output=True,
+                              text=True, timeout=5, check=True)
+        return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("PERCEPTOR_CODE_VERSION") or "unknown"
 
 
 def model_evaluation(*, result: TrainResult, data: ImageData | AudioData | None, directory: Path) -> dict:
-    """The evaluation report on the validation split; its example files go under directory/report/."""
-    return {}
+    """The evaluation report on the validation split (ml.evaluate.evaluation_report); its example
+    files go under directory/report/. It runs where training ran (a GPU-trained model is evaluated
+    on the GPU: a large validation split takes a minute on a CPU). Raises ValueError with a plain
+    reason when there is nothing to evaluate on (model_register records it, and the page says so)."""
+    from ml.evaluate import evaluation_report
+
+    if data is None:
+        raise ValueError("the dataset's files could not be read")
+    device = "cuda" if str(result.device).startswith("cuda") else "cpu"  # TrainResult.device describes it
+    return evaluation_report(result.model, data, directory, classes=list(result.classes), device=device)
 
 
 def model_exports(*, result: TrainResult, data: ImageData | AudioData | None, directory: Path) -> dict:
-    """TorchScript and ONNX files in `directory`, the ONNX one checked against PyTorch on held-out samples."""
-    return {}
+    """TorchScript and ONNX files in `directory`, each checked against PyTorch on held-out samples
+    (ml.export.export_formats); a format that fails or answers differently is recorded with the
+    reason and not offered."""
+    from ml.export import export_formats
+
+    if data is None:
+        raise ValueError("the dataset's files could not be read, so the exported files could not be checked")
+    samples, split = _held_out_samples(data)
+    exports = export_formats(result.model, samples, directory)
+    for entry in exports.values():
+        if "parity" in entry:
+            entry["parity"]["split"] = split  # what the page says the check ran on
+    return exports
+
+
+PARITY_SAMPLES = 32
+
+
+def _held_out_samples(data: ImageData | AudioData):
+    """Up to PARITY_SAMPLES validation samples (training ones when there is no validation split),
+    spread over the split, as the exported files take them: uint8 N×C×H×W images or float32 N×L
+    waveforms in [-1, 1]; and the split's name."""
+    import numpy as np
+
+    split, x = ("validation", data.x_val) if len(data.x_val) else ("training", data.x_train)
+    picked = np.asarray(x[np.unique(np.linspace(0, len(x) - 1, min(PARITY_SAMPLES, len(x))).astype(int))])
+    if data.modality == "audio":
+        return picked.astype(np.float32) / 32768.0, split
+    return np.ascontiguousarray(picked.transpose(0, 3, 1, 2)), split
+
+
+# The exported files, by the key of their entry in TrainedModel.exports.
+EXPORT_FILES = {"model.torchscript.pt": "torchscript", "model.onnx": "onnx"}
+
+
+def model_files(model: TrainedModel) -> list[str]:
+    """The files of `model` that can be downloaded: weights and description, and each exported
+    format whose export and parity check succeeded."""
+    exports = model.exports or {}
+    return [*MODEL_FILES, *(name for name, key in EXPORT_FILES.items() if (exports.get(key) or {}).get("ok"))]
+
+
+def model_file_refusal(model: TrainedModel, name: str) -> str:
+    """Why `name` is not among model_files(model), in a sentence."""
+    if name not in EXPORT_FILES:
+        return f"No file {name!r}; choose one of: {', '.join(model_files(model))}."
+    exports = model.exports or {}
+    reason = (exports.get(EXPORT_FILES[name]) or {}).get("reason") or exports.get("error") or "it was not exported."
+    return f"{model} has no {name}: {reason}"
 
 
 def model_delete(*, model: TrainedModel) -> None:
-    """Delete the row, then its files once the deletion has committed (a rollback keeps both)."""
+    """Delete the row, then its files once the deletion has committed (a rollback keeps both).
+    Its batch predictions (anyone's) go with it, CSVs included."""
     directory = model_directory(model)
     model_id = model.pk
+    batches = [Path(default_storage.path(batch.storage_dir)) for batch in model.batch_predictions.all()]
     with transaction.atomic():
         model.delete()
-        transaction.on_commit(lambda: _remove_files(model_id, directory))
+        transaction.on_commit(lambda: _remove_files(model_id, directory, *batches))
 
 
-def _remove_files(model_id: int, directory: Path) -> None:
+def model_publish(*, model: TrainedModel, published: bool) -> TrainedModel:
+    """Share a version with every signed-in user (published) or take it back to its owner."""
+    TrainedModel.objects.filter(pk=model.pk).update(published=published)
+    model.published = published
+    return model
+
+
+def model_set_default(*, model: TrainedModel) -> TrainedModel:
+    """Make `model` the default version of its name: the old default's flag is cleared first, in
+    the same transaction (the database allows one default per owner and name). The name's rows are
+    locked first, so two clicks at once queue instead of colliding on the constraint."""
+    versions = TrainedModel.objects.filter(owner=model.owner_id, name=model.name)
+    with transaction.atomic():
+        list(versions.select_for_update().values_list("pk", flat=True))
+        versions.filter(is_default=True).exclude(pk=model.pk).update(is_default=False)
+        versions.filter(pk=model.pk).update(is_default=True)
+    model.is_default = True
+    return model
+
+
+def _remove_files(model_id: int, *directories: Path) -> None:
     _cache.forget(model_id)
-    shutil.rmtree(directory, ignore_errors=True)
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- Loading predictors ---------------------------------------------------------------------------

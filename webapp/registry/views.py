@@ -13,12 +13,19 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_safe, require_POST
 from PIL import Image
 
-from webapp.ownership import get_owned_or_404, owned_by
 from webapp.registry.models import TrainedModel
+from webapp.registry.report import CONTENT_TYPES, REPORT_DIR, report_context, report_files
+from webapp.registry.selectors import get_owned_model_or_404, get_visible_model_or_404, model_groups, model_versions
 from webapp.registry.services import (
+    EXPORT_FILES,
     MODEL_FILES,
     ModelUnavailable,
+    model_delete,
     model_directory,
+    model_file_refusal,
+    model_files,
+    model_publish,
+    model_set_default,
     prediction_create,
     prediction_heard,
     read_upload,
@@ -30,8 +37,47 @@ PREVIEW_MAX_BYTES = 4 * 1024 * 1024  # the HTML fallback inlines the image; bigg
 @login_required
 @require_safe
 def model_list(request):
-    models = owned_by(TrainedModel.objects.select_related("dataset", "owner"), request.user)
-    return render(request, "registry/model_list.html", {"models": models})
+    """One row per name (its default version first); the user's own names, then those shared with
+    them (other users' published versions; for staff, every other user's)."""
+    groups = model_groups(request.user)
+    mine = [g for g in groups if g["owner"].pk == request.user.pk]
+    shared = [g for g in groups if g["owner"].pk != request.user.pk]
+    return render(request, "registry/model_list.html", {"groups": mine, "shared": shared})
+
+
+@login_required
+@require_POST
+def model_publish_view(request, pk: int):
+    """`published=1` shares the version with every signed-in user, `published=0` takes it back."""
+    model = get_owned_model_or_404(request.user, pk)
+    published = request.POST.get("published") == "1"
+    model_publish(model=model, published=published)
+    if published:
+        messages.success(request, f"{model} is published: every signed-in user can now see it, use it and download it.")
+    else:
+        messages.success(request, f"{model} is private again: only you can see it.")
+    return redirect("models:detail", pk=model.pk)
+
+
+@login_required
+@require_POST
+def model_default_view(request, pk: int):
+    model = get_owned_model_or_404(request.user, pk)
+    model_set_default(model=model)
+    messages.success(request, f"{model} is now the default version of {model.name}.")
+    return redirect("models:detail", pk=model.pk)
+
+
+@login_required
+@require_POST
+def model_delete_view(request, pk: int):
+    """Delete one version with its files; back to the newest version left of the name, else the list."""
+    model = get_owned_model_or_404(request.user, pk)
+    label = str(model)
+    model_delete(model=model)
+    messages.success(request, f"{label} and its files are deleted.")
+    left = model_versions(request.user, model)
+    return redirect("models:detail", pk=left[0].pk) if left else redirect("models:list")
 
 
 @login_required
@@ -44,26 +90,48 @@ def model_detail(request, pk: int):
 @login_required
 @require_safe
 def model_download(request, pk: int):
-    """The model as one zip, or one of its files with ?file=model.json / model.safetensors."""
+    """The model as one zip (weights, description and the exported formats), or one of its files
+    with ?file=model.json / model.safetensors / model.torchscript.pt / model.onnx; an exported
+    format is offered only when its export and parity check succeeded (404 with the reason)."""
     model = _get_model_for_user(request, pk)
     directory = model_directory(model)
     base = f"{slugify(model.name) or 'model'}-v{model.version}"
+    files = model_files(model)
     wanted = request.GET.get("file")
-    if wanted is not None and wanted not in MODEL_FILES:
-        raise Http404(f"No file {wanted!r}; choose one of: {', '.join(MODEL_FILES)}")
+    if wanted is not None and wanted not in files:
+        raise Http404(model_file_refusal(model, wanted))
     if not all((directory / name).is_file() for name in MODEL_FILES):
         messages.error(request, f"The files of {model} are missing from storage; it cannot be downloaded.")
         return redirect("models:detail", pk=model.pk)
     if wanted:
+        if not (directory / wanted).is_file():
+            raise Http404(f"{wanted} of {model} is missing from storage.")
         return FileResponse(open(directory / wanted, "rb"), as_attachment=True, filename=f"{base}-{wanted}")
-    # Built in a temporary file, not memory: weights can be hundreds of MB. Weights are stored, not
-    # deflated: float32 barely compresses and deflating would cost seconds of CPU per download.
+    # Built in a temporary file, not memory: weights can be hundreds of MB. Weights (and the
+    # exported files, mostly weights) are stored, not deflated: float32 barely compresses and
+    # deflating would cost seconds of CPU per download.
     archive = tempfile.TemporaryFile()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.write(directory / "model.safetensors", "model.safetensors", compress_type=zipfile.ZIP_STORED)
-        zf.write(directory / "model.json", "model.json", compress_type=zipfile.ZIP_DEFLATED)
+        for name in files:
+            if (directory / name).is_file():
+                compress = zipfile.ZIP_DEFLATED if name == "model.json" else zipfile.ZIP_STORED
+                zf.write(directory / name, name, compress_type=compress)
     archive.seek(0)
     return FileResponse(archive, as_attachment=True, filename=f"{base}.zip", content_type="application/zip")
+
+
+@login_required
+@require_safe
+def model_report_file(request, pk: int, name: str):
+    """A file of the evaluation report's gallery (thumbnail, clip or spectrogram). Only names the
+    model's evaluation lists are served, so no other path can be reached through `name`."""
+    model = _get_model_for_user(request, pk)
+    if name not in report_files(model.evaluation or {}):
+        raise Http404(f"No report file {name!r}")
+    path = model_directory(model) / REPORT_DIR / name
+    if not path.is_file():
+        raise Http404(f"The report file {name!r} is missing from storage")
+    return FileResponse(open(path, "rb"), content_type=CONTENT_TYPES[path.suffix])
 
 
 @login_required
@@ -133,7 +201,8 @@ def _preview_src(data: bytes, *, kind: str = "image") -> str:
 
 
 def _get_model_for_user(request, pk: int) -> TrainedModel:
-    return get_owned_or_404(TrainedModel.objects.select_related("dataset", "job", "owner"), request.user, pk)
+    """Reads (page, predict, downloads): the owner's, staff's, or a published model."""
+    return get_visible_model_or_404(request.user, pk)
 
 
 def _detail_context(model: TrainedModel) -> dict:
@@ -141,9 +210,39 @@ def _detail_context(model: TrainedModel) -> dict:
         "model": model,
         "metrics": _metric_rows(model.metrics),
         "confusion": _confusion_rows(model.classes, model.confusion),
+        "report": report_context(model),
+        "formats": _formats_context(model),
         # The recorder stops by itself a little after the model's window: room to start speaking late.
         "record_seconds": min(10.0, (model.clip_seconds or 1.0) + 2.0),
     }
+
+
+def _formats_context(model: TrainedModel) -> dict:
+    """The Downloads section: the weights' size, and per exported format its entry in model.exports
+    with its parity check in words, or why it is not offered."""
+    directory = model_directory(model)
+    exports = model.exports or {}
+    context = {"weights_bytes": sum((directory / n).stat().st_size for n in MODEL_FILES if (directory / n).is_file())}
+    for key in EXPORT_FILES.values():
+        entry = dict(exports.get(key) or {})
+        if not entry.get("ok"):
+            entry["reason"] = (entry.get("reason") or exports.get("error")
+                               or "It was not exported: the model was registered before exports existed.")
+        parity = entry.get("parity")
+        if parity:
+            what = "clips" if model.kind == "audio" else "images"
+            entry["parity_text"] = (
+                f"checked on {parity['samples']} {parity.get('split', 'held-out')} {what}: top-1 agrees on "
+                f"{parity['top1_agree']}/{parity['samples']}, largest probability difference "
+                f"{_small_number(parity['max_abs_diff'])} (limit {_small_number(parity['tolerance'])})")
+        context[key] = entry
+    return context
+
+
+def _small_number(value: float | None) -> str:
+    if value is None:
+        return "not a number"
+    return "0" if value == 0 else f"{value:.0e}" if value < 1e-3 else f"{value:.4f}"
 
 
 METRIC_LABELS = [
