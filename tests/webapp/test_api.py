@@ -284,6 +284,7 @@ def test_predict_returns_labels_with_probabilities(alice_api, model):
     assert (body["model"], body["file"]) == (model.pk, "night.png")
     assert body["predictions"][0]["label"] == "dark"
     assert sum(p["probability"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-4)
+    assert "heard" not in body  # speech models only
 
 
 def test_predict_on_a_non_image_is_a_400_naming_the_file(alice_api, model):

@@ -16,7 +16,7 @@ from tests.audio_fixtures import CLASSES, chirp, clip_arrays, tone, wav_bytes
 from webapp.datasets.models import Dataset
 from webapp.registry import services
 from webapp.registry.models import TrainedModel
-from webapp.registry.services import model_directory, model_register, prediction_create, prediction_heard
+from webapp.registry.services import model_directory, model_register, prediction_create, prediction_with_heard
 
 RATE = 16_000
 
@@ -126,8 +126,8 @@ def test_a_long_recording_is_cut_to_its_loudest_part_and_the_page_is_told(model)
     wave[int(1.9 * RATE):int(2.5 * RATE)] += tone(320, 0.6)
     data = wav_bytes(wave)
 
-    assert prediction_create(model=model, data=data, filename="recording.wav")[0]["label"] == "low"
-    heard = prediction_heard(model=model, data=data)
+    predictions, heard = prediction_with_heard(model=model, data=data, filename="recording.wav")
+    assert predictions[0]["label"] == "low"
     assert heard.fitted == "trimmed" and heard.seconds == pytest.approx(3.0) and heard.clip_seconds == 1.0
     assert not heard.silent
     assert "3.0 s long; the model listens to 1 s, so it heard the loudest part" in heard.note()
@@ -137,7 +137,8 @@ def test_a_long_recording_is_cut_to_its_loudest_part_and_the_page_is_told(model)
 
 @pytest.mark.django_db
 def test_a_silent_recording_is_noticed(model):
-    heard = prediction_heard(model=model, data=wav_bytes(np.zeros(RATE // 2, dtype=np.float32)))
+    _, heard = prediction_with_heard(model=model, data=wav_bytes(np.zeros(RATE // 2, dtype=np.float32)),
+                                     filename="quiet.wav")
 
     assert heard.silent and heard.fitted == "padded"
     assert heard.note() == "The clip is silent (or almost): check the microphone or the file."
@@ -243,6 +244,10 @@ def test_the_api_predicts_the_right_class(alice, model, label, fmt):
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["model"] == model.pk and body["predictions"][0]["label"] == label
+    # what the model heard, as the page shows it: the clip fitted to its window, as a spectrogram
+    heard = body["heard"]
+    assert heard["spectrogram"].startswith("data:image/png;base64,") and heard["clip_seconds"] == 1.0
+    assert heard["silent"] is False and heard["fitted"] in ("", "padded", "trimmed")
 
 
 @pytest.mark.django_db

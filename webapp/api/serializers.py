@@ -289,10 +289,20 @@ class PredictionSerializer(serializers.Serializer):
     probability = serializers.FloatField()
 
 
+class HeardSerializer(serializers.Serializer):
+    spectrogram = serializers.CharField(help_text="The log-mel spectrogram of the model's input, as a PNG data URL.")
+    seconds = serializers.FloatField(help_text="Length of the file as sent.")
+    clip_seconds = serializers.FloatField(help_text="The model's window.")
+    fitted = serializers.CharField(help_text='"trimmed" (the loudest window was kept), "padded" (silence added) or "".')
+    silent = serializers.BooleanField(help_text="The clip is (almost) silent: check the microphone or the file.")
+    note = serializers.CharField(help_text="One sentence for people about the above (may be empty).")
+
+
 class PredictResponseSerializer(serializers.Serializer):
     model = serializers.IntegerField()
     file = serializers.CharField()
     predictions = PredictionSerializer(many=True, help_text="Top 5, most probable first.")
+    heard = HeardSerializer(required=False, help_text="Speech models only: what the model heard of the file.")
 
 
 # --- Batch predictions ---------------------------------------------------------------------------

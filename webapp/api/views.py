@@ -356,30 +356,36 @@ class ModelPredict(APIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
-        summary="Classify one image",
-        description="The image is decoded and resized exactly as in training, by the model itself.",
+        summary="Classify one image or speech clip",
+        description="The file is decoded and resized (images) or resampled and fitted to the model's "
+                    "window (speech) exactly as in training. Speech answers also say what the model "
+                    "heard (`heard`).",
         request={"multipart/form-data": s.PredictRequestSerializer},
         responses={
             200: s.PredictResponseSerializer,
-            400: OpenApiResponse(description="Not an image, empty, or over the size limit; `file` says which and why."),
+            400: OpenApiResponse(description="Not an image (or not audio, for a speech model), empty, or over the "
+                                             "size limit; `file` says which and why."),
             404: NOT_FOUND,
             410: OpenApiResponse(s.ErrorSerializer, description="The model's files are missing or damaged."),
         },
     )
     def post(self, request, pk: int):
-        from webapp.registry.services import ModelUnavailable, prediction_create, read_upload
+        from webapp.registry.services import ModelUnavailable, prediction_with_heard, read_upload
 
         model = get_visible_model_or_404(request.user, pk)
         form = s.PredictRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         try:
-            predictions = prediction_create(model=model, data=read_upload(upload), filename=upload.name)
+            predictions, heard = prediction_with_heard(model=model, data=read_upload(upload), filename=upload.name)
         except DjangoValidationError as exc:
             raise serializers.ValidationError({"file": exc.messages}) from None
         except ModelUnavailable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_410_GONE)
-        return Response({"model": model.pk, "file": upload.name, "predictions": predictions})
+        body = {"model": model.pk, "file": upload.name, "predictions": predictions}
+        if heard is not None:
+            body["heard"] = heard.as_dict()
+        return Response(body)
 
 
 # --- Batch predictions -------------------------------------------------------------------------

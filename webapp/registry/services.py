@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -373,11 +374,18 @@ def predictor_for(model: TrainedModel) -> Predictor:
 
 def prediction_create(*, model: TrainedModel, data: bytes, filename: str) -> list[dict]:
     """Top-5 labels for one uploaded image or audio clip (by the model's kind), most probable first.
+    See prediction_with_heard, which also says what a speech model heard."""
+    return prediction_with_heard(model=model, data=data, filename=filename)[0]
+
+
+def prediction_with_heard(*, model: TrainedModel, data: bytes, filename: str) -> tuple[list[dict], Heard | None]:
+    """Top-5 labels for one uploaded image or audio clip, most probable first, and for a speech
+    model what it heard (the clip fitted to its window, as a spectrogram; None for images).
 
     Raises ValidationError naming the file and the reason when it is too big, empty, or not what
     the model takes ("not an image …", "not an audio file …": the decoder's own words). Decoding,
-    resizing or resampling, fitting to the clip length and normalising all happen inside the
-    predictor, as in training.
+    resizing or resampling and fitting to the clip length happen once, exactly as in training;
+    normalising happens inside the model.
     """
     limit = settings.MAX_PREDICT_BYTES
     if len(data) > limit:
@@ -389,10 +397,12 @@ def prediction_create(*, model: TrainedModel, data: bytes, filename: str) -> lis
         raise ValidationError(f"{filename}: the file is empty.", code="empty")
     predictor = predictor_for(model)
     try:
-        ranked = predictor.predict(data, top_k=TOP_K)
+        prepared = predictor.prepare(data)
+        heard = _heard(model, data, prepared) if model.kind == "audio" else None
     except _decode_errors(model) as exc:
         raise ValidationError(f"{filename}: {_sentence(exc)}", code=_refusal_code(model)) from None
-    return [{"label": str(label), "probability": float(p)} for label, p in ranked]
+    ranked = predictor.predict(prepared, top_k=TOP_K)
+    return [{"label": str(label), "probability": float(p)} for label, p in ranked], heard
 
 
 def _decode_errors(model: TrainedModel) -> tuple[type[Exception], ...]:
@@ -436,28 +446,29 @@ class Heard:
                     "so silence was added around it.")
         return ""
 
+    def as_dict(self) -> dict:
+        """For JSON answers (the page's fetch, the API): the spectrogram as a data URL."""
+        return {
+            "spectrogram": "data:image/png;base64," + base64.b64encode(self.spectrogram_png).decode(),
+            "seconds": round(self.seconds, 3),
+            "clip_seconds": self.clip_seconds,
+            "fitted": self.fitted,
+            "silent": self.silent,
+            "note": self.note(),
+        }
 
-def prediction_heard(*, model: TrainedModel, data: bytes) -> Heard:
-    """The spectrogram of what a speech model heard of `data` (which prediction_create accepted):
-    Predictor.prepare fits the clip exactly as predict does. Raises ValidationError like
-    prediction_create for a file that is not audio."""
+
+def _heard(model: TrainedModel, data: bytes, wave) -> Heard:
+    """What a speech model heard of `data`: `wave` is the clip Predictor.prepare made of it."""
     from ml.audio import audio_info, is_silent, spectrogram_png
 
-    if model.kind != "audio":
-        raise ValueError(f"{model} is not a speech model")
-    predictor = predictor_for(model)
     rate = int(model.input_spec.get("sample_rate") or 16_000)
     clip_samples = int(model.input_spec.get("clip_samples") or rate)
-    try:
-        wave = predictor.prepare(data)
-        seconds = audio_info(data).seconds  # the header's length: no second decode
-    except _decode_errors(model) as exc:
-        raise ValidationError(_sentence(exc), code=_refusal_code(model)) from None
-    clip_seconds = clip_samples / rate
+    seconds = audio_info(data).seconds  # the header's length: no second decode
     sent = round(seconds * rate)
     fitted = "trimmed" if sent > clip_samples else "padded" if sent < clip_samples else ""
     return Heard(spectrogram_png=spectrogram_png(wave, sample_rate=rate), seconds=seconds,
-                 clip_seconds=clip_seconds, fitted=fitted, silent=bool(is_silent(wave)))
+                 clip_seconds=clip_samples / rate, fitted=fitted, silent=bool(is_silent(wave)))
 
 
 def read_upload(upload) -> bytes:

@@ -26,8 +26,7 @@ from webapp.registry.services import (
     model_files,
     model_publish,
     model_set_default,
-    prediction_create,
-    prediction_heard,
+    prediction_with_heard,
     read_upload,
 )
 
@@ -147,9 +146,7 @@ def model_predict(request, pk: int):
         if upload is None:
             raise ValidationError(MISSING_FILE[model.kind])
         data = read_upload(upload)
-        predictions = prediction_create(model=model, data=data, filename=filename)
-        if model.kind == "audio":
-            heard = prediction_heard(model=model, data=data)
+        predictions, heard = prediction_with_heard(model=model, data=data, filename=filename)
     except ValidationError as exc:
         predictions, error, status = None, " ".join(exc.messages), 400
     except ModelUnavailable as exc:
@@ -158,30 +155,19 @@ def model_predict(request, pk: int):
     if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
         body = {"file": filename, "predictions": predictions} if error is None else {"file": filename, "error": error}
         if heard is not None:
-            body["heard"] = _heard_dict(heard)
+            body["heard"] = heard.as_dict()
         return JsonResponse(body, status=status)
     context = _detail_context(model)
     if predictions:
         predictions = [{**p, "percent": f"{p['probability'] * 100:.1f} %"} for p in predictions]
     context.update(predictions=predictions, prediction_error=error, prediction_file=filename,
-                   heard=_heard_dict(heard) if heard else None)
+                   heard=heard.as_dict() if heard else None)
     if predictions and len(data) <= PREVIEW_MAX_BYTES:
         context["preview_src"] = _preview_src(data, kind=model.kind)
     return render(request, "registry/model_detail.html", context, status=status)
 
 
 MISSING_FILE = {"image": "Choose an image file to upload.", "audio": "Choose an audio file to upload, or record one."}
-
-
-def _heard_dict(heard) -> dict:
-    return {
-        "spectrogram": "data:image/png;base64," + base64.b64encode(heard.spectrogram_png).decode(),
-        "seconds": round(heard.seconds, 3),
-        "clip_seconds": heard.clip_seconds,
-        "fitted": heard.fitted,
-        "silent": heard.silent,
-        "note": heard.note(),
-    }
 
 
 # What the first bytes of a file say it is (the client's content type is not to be trusted).
