@@ -14,7 +14,7 @@ from django import forms
 
 from webapp.datasets.models import Dataset
 
-LABELS = {"lr": "Learning rate", "arch": "Architecture"}
+LABELS = {"lr": "Learning rate", "arch": "Architecture", "ema": "Weight averaging (EMA decay)"}
 KIND_GROUPS = {"image": "For images", "audio": "For speech"}  # the arch select's groups
 
 

@@ -24,6 +24,9 @@ Keys (all written by ml.train):
     batch_size, accumulation, effective_batch_size    micro-batch × accumulation ≈ effective
     samples_done, train_time_s, elapsed_s              for throughput and elapsed time
     torch_version
+    ema               only when config["ema"] > 0: {"decay", "updates", "model"}, the weight average
+                      (ml.train.WeightAverage). A checkpoint whose config has no "ema" predates it:
+                      it resumes with any `ema`, the average starting from its weights.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ out-of-memory handling are shared.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -91,7 +92,7 @@ class ProgressEvent:
     total_steps: int
     train_loss: float  # running mean over this epoch so far (augmented, with label smoothing)
     train_acc: float  # 0..1
-    val_loss: float | None  # epoch events with a validation set only
+    val_loss: float | None  # epoch events with a validation set only; of the averaged weights when config.ema > 0
     val_acc: float | None
     lr: float  # learning rate at this point of the one-cycle schedule
     samples_per_s: float  # training images per second of training time so far
@@ -104,7 +105,7 @@ class ProgressEvent:
 
 @dataclass
 class TrainResult:
-    model: nn.Module  # on CPU, in eval mode
+    model: nn.Module  # on CPU, in eval mode; the weight average (WeightAverage) when config.ema > 0
     config: TrainConfig
     classes: list[str]
     input_spec: dict[str, Any]  # images {"height", "width", "channels"}; audio {"kind", "sample_rate", "clip_samples"}
@@ -426,6 +427,62 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers (BatchNorm's running
+    statistics too, as AveragedModel(use_buffers=True) does), updated after every optimizer step;
+    `module` is the averaged copy, for evaluation only.
+
+    The n-th update uses decay min(`decay`, (n - 1) / (n + 2)): polynomial-decay averaging
+    (Shamir & Zhang 2013, η = 2) until it reaches `decay`, a plain EMA from then on. The first
+    update copies the weights, so the random initialisation never enters the average, and the
+    average never reaches back much further than the last third of the steps so far (an EMA spans
+    about 1 / (1 - decay) steps): a short run (a small dataset, a few steps an epoch) averages its
+    latter part, not its start. Integer buffers (num_batches_tracked) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be between 0 and 1 (exclusive), not {decay!r}")
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        n = self.updates + 1
+        return min(self.decay, (n - 1) / (n + 2))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        weight = 1.0 - self.current_decay()
+        averaged, live = [], []
+        for a, m in zip(_tensors(self.module), _tensors(model), strict=True):
+            if a.is_floating_point():
+                averaged.append(a)
+                live.append(m.detach())
+            else:
+                a.copy_(m)
+        if averaged:
+            torch._foreach_lerp_(averaged, live, weight)  # what swa_utils.get_ema_multi_avg_fn uses
+        self.updates += 1
+
+    @torch.no_grad()
+    def restart_from(self, model: nn.Module) -> None:
+        """Start over from `model`'s weights (a checkpoint written without an average)."""
+        self.module.load_state_dict(model.state_dict())
+        self.updates = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "model": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
 @dataclass
 class MicroBatching:
     """How each optimizer step's batch is split: `accumulation` micro-batches whose gradients add
@@ -491,6 +548,7 @@ def train_one_epoch(
     on_step: Callable[[RunningStats, float], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
     clip_grad_norm: float | None = None,
+    average: WeightAverage | None = None,
 ) -> RunningStats:
     """One pass over `batches`, adding to `stats` (on the device; a resumed epoch brings its own).
 
@@ -498,7 +556,8 @@ def train_one_epoch(
     the rate that step used) and decides itself whether it is worth a sync. On GPU out-of-memory
     the step is retried with half the micro-batch (`micro` changes; `on_notice` hears of it) until
     MicroBatching.can_halve() says no, and then the error propagates. With `clip_grad_norm`, the
-    whole batch's gradient is scaled down to at most that norm before each step."""
+    whole batch's gradient is scaled down to at most that norm before each step. With `average`,
+    it is updated after every optimizer step (before `on_step`, so a checkpoint there has it)."""
     model.train()
     for xb, yb in batches:
         while True:
@@ -522,6 +581,8 @@ def train_one_epoch(
         if clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
+        if average is not None:
+            average.update(model)
         for part in parts:
             stats.add(*part)
         lr = optimizer.param_groups[0]["lr"]
@@ -634,8 +695,13 @@ def train(
     precision = choose_precision(dev)
     fingerprint = data_fingerprint(data) if checkpoint_path is not None else {}
     saved = None
+    average_missing = False  # a checkpoint from before weight averaging: start the average at its weights
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         saved = load_checkpoint(checkpoint_path)
+        if isinstance(saved.get("config"), dict) and "ema" not in saved["config"]:
+            # Written before `ema` existed, so without an average: it resumes with any setting.
+            saved["config"] = {**saved["config"], "ema": config.ema}
+            average_missing = True
         check_matches(saved, config=config.to_dict(), fingerprint=fingerprint, path=checkpoint_path)
     started = time.monotonic() - (float(saved["elapsed_s"]) if saved else 0.0)
     with cpu_threads(dev):
@@ -662,8 +728,6 @@ def train(
                 config.arch, num_classes=num_classes, sample_rate=data.sample_rate,
                 clip_samples=data.clip_samples, mean=mean, std=std,
             ).to(dev, memory_format=torch.channels_last)  # the CNN stages run channels_last (AsImage)
-            # SpecAugment draws from the run's generator: part of the data order a checkpoint keeps.
-            model.specaugment.generator = generator
             model.specaugment.enabled = config.augment
             noise = None
             if data.noise is not None and len(data.noise):
@@ -677,6 +741,11 @@ def train(
                 config.arch, num_classes=num_classes, in_channels=data.channels,
                 height=data.height, width=data.width, mean=mean, std=std,
             ).to(dev, memory_format=torch.channels_last)
+        # Copied before SpecAugment gets the run's generator: the average only ever evaluates.
+        average = WeightAverage(model, config.ema) if config.ema > 0 else None
+        if audio:
+            # SpecAugment draws from the run's generator: part of the data order a checkpoint keeps.
+            model.specaugment.generator = generator
         optimizer = make_optimizer(model, config)
         micro = MicroBatching(batch_size=min(config.batch_size, len(x_train)))
         per_epoch = steps_per_epoch(len(x_train), micro.batch_size)
@@ -686,7 +755,7 @@ def train(
         at = _Position(stats=RunningStats(dev), lr=config.lr)
         if saved:
             _restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
-                     micro=micro, at=at, seed=config.seed)
+                     micro=micro, at=at, seed=config.seed, average=average, average_missing=average_missing)
             del saved  # the weights now live in the model and optimizer
         eval_batch = max(1, min(EVAL_BATCH, len(x_val)))  # the real size: an out-of-memory notice names it
         last_event = -math.inf  # the first step event goes out at once: the page shows life early
@@ -703,7 +772,7 @@ def train(
             write_checkpoint(checkpoint_path, _checkpoint(
                 config=config, data=data, fingerprint=fingerprint, mean=mean, std=std, model=model,
                 optimizer=optimizer, scheduler=scheduler, generator=generator, micro=micro, at=at,
-                total_steps=total_steps, elapsed_s=time.monotonic() - started,
+                total_steps=total_steps, elapsed_s=time.monotonic() - started, average=average,
             ))
             last_save = time.monotonic()
 
@@ -744,14 +813,16 @@ def train(
 
         def validate(x_eval: torch.Tensor | None = None, y_eval: torch.Tensor | None = None,
                      ) -> tuple[float, float, list[list[int]]] | None:
-            """The validation split (or x_eval, y_eval), halving the batch on out-of-memory."""
+            """The validation split (or x_eval, y_eval), halving the batch on out-of-memory; with
+            weight averaging, of the averaged weights."""
             nonlocal eval_batch
             if x_eval is None:
                 x_eval, y_eval = x_val, y_val
             while True:
                 try:
-                    return evaluate(model, x_eval, y_eval, num_classes=num_classes, criterion=criterion,
-                                    precision=precision, batch_size=eval_batch)
+                    return evaluate(average.module if average else model, x_eval, y_eval,
+                                    num_classes=num_classes, criterion=criterion, precision=precision,
+                                    batch_size=eval_batch)
                 except torch.OutOfMemoryError:
                     if eval_batch <= 1:
                         raise
@@ -784,7 +855,7 @@ def train(
                 stats = train_one_epoch(
                     model, batches, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
                     precision=precision, stats=at.stats, micro=micro, on_step=on_step, on_notice=notice,
-                    clip_grad_norm=AUDIO_CLIP_GRAD_NORM if audio else None,
+                    clip_grad_norm=AUDIO_CLIP_GRAD_NORM if audio else None, average=average,
                 )
                 train_loss, train_acc = stats.means()  # syncs: the epoch's steps are done
                 check_finite(train_loss, epoch=epoch, step=at.step)
@@ -824,6 +895,8 @@ def train(
 
     if audio:
         model.specaugment.generator = None  # the run's generator is not the model's to keep
+    if average is not None:
+        model = average.module  # what validation measured
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     final = at.history[-1]
     metrics = {
@@ -856,9 +929,10 @@ def _checkpoint(
     std: list[float],
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator, micro: MicroBatching, at: _Position, total_steps: int, elapsed_s: float,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """The `perceptor-checkpoint/1` dict (keys documented in ml.checkpoint)."""
-    return {
+    checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "fingerprint": fingerprint,
@@ -886,17 +960,25 @@ def _checkpoint(
         "elapsed_s": elapsed_s,
         "torch_version": str(torch.__version__),  # a TorchVersion object would need pickle
     }
+    if average is not None:
+        checkpoint["ema"] = average.state_dict()
+    return checkpoint
 
 
 def _restore(
     saved: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, micro: MicroBatching,
-    at: _Position, seed: int,
+    at: _Position, seed: int, average: WeightAverage | None = None, average_missing: bool = False,
 ) -> None:
     """Put a freshly built run where the checkpoint left it. Call after building the model: its
-    initialisation consumed the global RNG that is restored here."""
+    initialisation consumed the global RNG that is restored here. `average_missing`: the
+    checkpoint predates weight averaging, so the average starts over from its weights."""
     try:
         model.load_state_dict(saved["model"])
+        if average is not None and average_missing:
+            average.restart_from(model)
+        elif average is not None:
+            average.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         micro.accumulation = int(saved["accumulation"])  # never meet the same out-of-memory again

@@ -141,7 +141,8 @@ def test_the_form_groups_the_architectures_by_kind_and_embeds_each_kinds_default
 def test_submitting_a_wrong_kind_architecture_shows_the_reason_next_to_the_field(alice, alice_client, queued):
     speech = audio_dataset(alice, name="digits")
     form = {"dataset": speech.pk, "arch": "resnet", "epochs": "2", "batch_size": "8", "lr": "0.003",
-            "optimizer": "adamw", "weight_decay": "0.05", "label_smoothing": "0.1", "seed": "0"}
+            "optimizer": "adamw", "weight_decay": "0.05", "label_smoothing": "0.1", "seed": "0",
+            "ema": "0.99"}
 
     response = alice_client.post(reverse("jobs:new"), form)
 
@@ -158,14 +159,15 @@ def test_submitting_the_form_for_a_speech_dataset_queues_a_speech_job(alice, ali
                                                                       django_capture_on_commit_callbacks):
     speech = audio_dataset(alice)
     form = {"dataset": speech.pk, "arch": "crnn", "epochs": "2", "batch_size": "8", "lr": "0.003",
-            "optimizer": "adamw", "weight_decay": "0.05", "augment": "on", "label_smoothing": "0.1", "seed": "0"}
+            "optimizer": "adamw", "weight_decay": "0.05", "augment": "on", "label_smoothing": "0.1", "seed": "0",
+            "ema": "0.99"}
 
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_client.post(reverse("jobs:new"), form)
 
     job = Job.objects.get()
     assert response.status_code == 302 and job.dataset == speech
-    assert job.config["arch"] == "crnn" and queued == [job.pk]
+    assert job.config["arch"] == "crnn" and job.config["ema"] == 0.99 and queued == [job.pk]
     assert "Clips / s" in alice_client.get(response.url).text
 
 

@@ -102,7 +102,8 @@ def test_without_a_ready_dataset_the_form_points_to_the_datasets(alice_client):
 
 def form_data(dataset, **overrides):
     data = {"dataset": dataset.pk, "arch": "seed_cnn", "epochs": "2", "batch_size": "8", "lr": "0.003",
-            "optimizer": "adamw", "weight_decay": "0.05", "augment": "on", "label_smoothing": "0.1", "seed": "0"}
+            "optimizer": "adamw", "weight_decay": "0.05", "augment": "on", "label_smoothing": "0.1", "seed": "0",
+            "ema": "0"}
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -116,7 +117,8 @@ def test_submitting_the_form_queues_the_job_and_opens_its_page(alice, alice_clie
     assert response.status_code == 302 and response.url == reverse("jobs:detail", args=[job.pk])
     assert job.owner == alice and job.status == Job.Status.QUEUED
     assert job.config == {"arch": "seed_cnn", "epochs": 2, "batch_size": 8, "lr": 0.003, "optimizer": "adamw",
-                          "weight_decay": 0.05, "augment": False, "label_smoothing": 0.1, "seed": 0}
+                          "weight_decay": 0.05, "augment": False, "label_smoothing": 0.1, "seed": 0,
+                          "ema": 0.0}
     assert queued == [job.pk]
     assert f"Job {job.pk} is queued" in alice_client.get(response.url).text
 

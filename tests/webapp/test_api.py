@@ -159,6 +159,7 @@ def test_job_create_queues_a_job_with_defaults_for_omitted_hyperparameters(alice
     assert (job.owner, job.dataset, job.status) == (dataset.owner, dataset, Job.Status.QUEUED)
     assert job.config["arch"] == TINY_ARCH and job.config["epochs"] == 2
     assert job.config["augment"] is True  # the default, even though a form would read "absent" as off
+    assert job.config["ema"] == 0.0  # weight averaging: off for images
     assert response.json()["status"] == "queued"
 
 
@@ -176,6 +177,7 @@ def test_job_create_takes_multipart_too(alice_api, dataset):
     ({"epochs": 0}, "epochs", "between 1 and 500"),
     ({"arch": "transformer"}, "arch", "Choose one of: seed_cnn, resnet"),
     ({"optimizer": "lion"}, "optimizer", "Choose one of: sgd, adam, adamw"),
+    ({"ema": 1}, "ema", "Must be between 0 and 0.9999."),
 ])
 def test_job_create_with_bad_hyperparameters_names_the_field_and_what_is_allowed(alice_api, dataset, payload,
                                                                                  field, words):
