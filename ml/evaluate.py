@@ -49,11 +49,11 @@ def predict_probabilities(model: torch.nn.Module, data: ImageData | AudioData, *
     out = []
     with cpu_threads(dev), torch.inference_mode():
         for start in range(0, len(data.y_val), batch_size):
-            chunk = np.asarray(data.x_val[start:start + batch_size])
+            chunk = np.array(data.x_val[start:start + batch_size])  # a copy: the split may be a read-only memory map
             if data.modality == "audio":
                 x = torch.from_numpy(from_int16(chunk))
             else:
-                x = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)  # NHWC -> NCHW
+                x = torch.from_numpy(chunk).permute(0, 3, 1, 2)  # NHWC -> NCHW
             out.append(torch.softmax(net(_layout(x.to(dev))).float(), dim=1).cpu().numpy())
     return np.concatenate(out)
 
