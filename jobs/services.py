@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
@@ -35,6 +36,7 @@ from webapp.ownership import owned_by
 
 if TYPE_CHECKING:
     from ml import ProgressEvent, TrainConfig
+    from webapp.registry.models import BatchPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +196,10 @@ def lease_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def lease_holder_is_dead(job: Job | Dataset, *, at) -> bool:
-    """Is the process holding this lease (a running job's, or an ingesting dataset's) gone? Its
-    heartbeat is stale, or it ran on this host and its pid no longer exists (known at once)."""
+def lease_holder_is_dead(job: Job | Dataset | BatchPrediction, *, at) -> bool:
+    """Is the process holding this lease (a running job's, an ingesting dataset's, a running batch
+    prediction's) gone? Its heartbeat is stale, or it ran on this host and its pid no longer exists
+    (known at once)."""
     if job.heartbeat_at is None or job.heartbeat_at < at - timedelta(seconds=stale_after_s()):
         return True
     host, _, pid = job.claimed_by.rpartition(":")
@@ -211,6 +214,32 @@ def lease_holder_is_dead(job: Job | Dataset, *, at) -> bool:
     except PermissionError:
         return False  # alive, as another user
     return False
+
+
+def lease_taken_over(holder: Job | Dataset | BatchPrediction, *, what: str) -> bool:
+    """A claim of a row marked as running (delivered again): may it take the row over? Only when the
+    holder is dead; a live one keeps it. Logged either way, `what` naming the row ("Job 7")."""
+    if not lease_holder_is_dead(holder, at=now()):
+        logger.info("%s not run: it is running on %s with a live heartbeat", what, holder.claimed_by)
+        return False
+    logger.warning("%s: taking over from %s, which stopped (attempt %s ended)", what, holder.claimed_by,
+                   holder.attempts)
+    return True
+
+
+def lease_suspects(at) -> Q:
+    """The leased rows worth asking lease_holder_is_dead about: a stale or missing heartbeat, or a
+    holder on this host (whose pid tells at once)."""
+    stale = at - timedelta(seconds=stale_after_s())
+    return Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True) | Q(claimed_by__startswith=f"{socket.gethostname()}:")
+
+
+def reap_dead_holders(held: QuerySet, take_back: Callable[[Any], int]) -> int:
+    """Call take_back(row) for each row of `held` (rows that hold a lease: claimed_by, heartbeat_at)
+    whose holder is dead; take_back requeues or fails it, conditionally on its lease, and returns
+    how many rows it changed. The reaper of ingests and batch predictions; returns the total."""
+    at = now()
+    return sum(take_back(row) for row in held.filter(lease_suspects(at)) if lease_holder_is_dead(row, at=at))
 
 
 def job_checkpoint_path(job_id: int) -> Path:
@@ -238,10 +267,8 @@ def _claim(job_id: int, device_label: str) -> Job | None:
         logger.info("Job %s not run: it no longer exists", job_id)
         return None
     if job.status == Job.Status.RUNNING:
-        if not lease_holder_is_dead(job, at=now()):
-            logger.info("Job %s not run: it is running on %s with a live heartbeat", job_id, job.claimed_by)
+        if not lease_taken_over(job, what=f"Job {job_id}"):
             return None
-        logger.warning("Job %s: taking over from %s, which stopped (attempt %s ended)", job_id, job.claimed_by, job.attempts)
     elif job.status != Job.Status.QUEUED:
         logger.info("Job %s not run: it has already %s", job_id, job.status)
         return None
@@ -272,8 +299,7 @@ def job_reap(*, worker: str | None = None, started_at=None) -> int:
     took back."""
     at = now()
     started_at = started_at or at
-    stale = at - timedelta(seconds=stale_after_s())
-    suspects = Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True) | Q(claimed_by__startswith=f"{socket.gethostname()}:")
+    suspects = lease_suspects(at)
     if worker:
         suspects |= Q(worker=worker)
     reaped = 0
@@ -303,17 +329,18 @@ def _take_back(job: Job) -> int:
     return requeued
 
 
-class _Heartbeat:
-    """A thread that renews the job's heartbeat every heartbeat_s() while it trains. A thread, not
-    the training callback: validation or loading a large dataset can take longer than the stale
-    limit without a single progress event. If the lease is gone (reaped and claimed elsewhere, or
-    deleted), `lost` is set and the training callback stops training."""
+class LeaseHeartbeat:
+    """A thread that renews heartbeat_at on `held` (the holder's rows, filtered on its lease) every
+    heartbeat_s() while the holder works. A thread, not the work's progress: loading a large dataset
+    or model, or listing a large archive, can take longer than the stale limit without a single
+    progress event. If the lease is gone (reaped and claimed elsewhere, or deleted), `lost` is set;
+    the holder's own conditional writes are refused too."""
 
-    def __init__(self, job: Job) -> None:
-        self.job_id, self.lease = job.id, job.lease
+    def __init__(self, held: QuerySet, *, name: str) -> None:
+        self.held, self.name = held, name
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"job-{job.id}-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-heartbeat", daemon=True)
 
     def __enter__(self):
         self._thread.start()
@@ -327,16 +354,23 @@ class _Heartbeat:
         try:
             while not self._stop.wait(heartbeat_s()):
                 try:
-                    beat = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, lease=self.lease).update(
-                        heartbeat_at=now())
+                    beat = self.held.update(heartbeat_at=now())
                 except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
-                    logger.exception("Job %s: could not write the heartbeat", self.job_id)
+                    logger.exception("%s: could not write the heartbeat", self.name)
                     continue
                 if not beat:
                     self.lost = True
                     return
         finally:
             connection.close()  # this thread's own connection
+
+
+class _Heartbeat(LeaseHeartbeat):
+    """A running job's heartbeat; the training callback stops training once it is `lost`."""
+
+    def __init__(self, job: Job) -> None:
+        held = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
+        super().__init__(held, name=f"Job {job.id}")
 
 
 # --- Running -----------------------------------------------------------------------------------

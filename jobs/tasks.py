@@ -37,11 +37,12 @@ def _reap_forever(interval: float) -> None:
     from django.db import connection
 
     from jobs.services import job_reap
-    from webapp.datasets.services import dataset_reap  # ingests use the same leases and heartbeats
+    from webapp.datasets.services import dataset_reap  # ingests and batches use the same leases and heartbeats
+    from webapp.registry.batch import batch_reap
 
     try:
         while not _reaper_stop.wait(interval):
-            for reap in (job_reap, dataset_reap):
+            for reap in (job_reap, dataset_reap, batch_reap):
                 try:
                     reap()
                 except Exception:  # noqa: BLE001 - the database or broker is down: try again next round

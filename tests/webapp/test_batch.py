@@ -273,7 +273,8 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(alice_client, ima
 def test_the_page_upload_queues_a_batch_whose_page_shows_progress_then_the_csv(
         alice_client, alice, image_model, eager, django_capture_on_commit_callbacks, monkeypatch):
     queued = []
-    monkeypatch.setattr(batches, "_queue", queued.append)  # held: the page is seen while it waits
+    # Held: the page is seen while it waits.
+    monkeypatch.setattr(batches, "_queue", lambda batch_id, queue: queued.append(batch_id))
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_client.post(reverse("models:batch_new", args=[image_model.pk]),
                                      {"archive": upload(zip_bytes(image_members(40)))},
@@ -311,7 +312,7 @@ def test_the_page_upload_queues_a_batch_whose_page_shows_progress_then_the_csv(
 
 def test_cancel_and_delete_from_the_page(alice_client, alice, image_model, settings, monkeypatch,
                                          django_capture_on_commit_callbacks):
-    monkeypatch.setattr(batches, "_queue", lambda batch_id: None)
+    monkeypatch.setattr(batches, "_queue", lambda batch_id, queue: None)
     with django_capture_on_commit_callbacks(execute=True):
         batch = batch_create(user=alice, model=image_model, upload=upload(zip_bytes(image_members(4))))
 
@@ -395,7 +396,7 @@ def test_deleting_the_model_or_the_user_deletes_their_batches_with_the_files(
 
 
 def queued_batch(user, model, members, monkeypatch, capture) -> BatchPrediction:
-    monkeypatch.setattr(batches, "_queue", lambda batch_id: None)
+    monkeypatch.setattr(batches, "_queue", lambda batch_id, queue: None)
     with capture(execute=True):
         return batch_create(user=user, model=model, upload=upload(zip_bytes(members)))
 
@@ -469,8 +470,14 @@ def test_a_redelivered_task_starts_over_and_a_finished_batch_is_left_alone(
 def test_a_run_that_was_taken_over_stops_and_leaves_the_archive_to_the_new_run(
         alice, image_model, monkeypatch, django_capture_on_commit_callbacks):
     batch = queued_batch(alice, image_model, image_members(), monkeypatch, django_capture_on_commit_callbacks)
-    # The task is delivered again while this run is alive: the new run claims the batch.
-    on_chunk(monkeypatch, lambda n: n == 2 and batches._claim(batch.pk))
+
+    def take_over(number: int) -> None:  # this run was presumed dead (its heartbeat late) and claimed again
+        if number == 2:
+            BatchPrediction.objects.filter(pk=batch.pk).update(claimed_by="another-host:1",
+                                                               heartbeat_at=timezone.now() - timedelta(hours=1))
+            assert batches._claim(batch.pk) is not None
+
+    on_chunk(monkeypatch, take_over)
     batch_run(batch_id=batch.pk)
 
     batch.refresh_from_db()
@@ -478,6 +485,7 @@ def test_a_run_that_was_taken_over_stops_and_leaves_the_archive_to_the_new_run(
     assert (batches.batch_directory(batch) / batches.ARCHIVE).exists()
     assert batches.batch_csv_path(batch) is None
     monkeypatch.undo()
+    BatchPrediction.objects.filter(pk=batch.pk).update(heartbeat_at=None)  # that claim ran nothing: let go
 
     batch_run(batch_id=batch.pk)  # (standing in for the new run, which starts over)
 
@@ -562,7 +570,7 @@ def test_the_api_creates_lists_shows_cancels_and_serves_the_csv(
 def test_the_api_cancels_a_queued_batch_and_has_no_csv_before_the_end(
         alice, image_model, monkeypatch, django_capture_on_commit_callbacks):
     api = token_client(alice)
-    monkeypatch.setattr(batches, "_queue", lambda batch_id: None)
+    monkeypatch.setattr(batches, "_queue", lambda batch_id, queue: None)
     with django_capture_on_commit_callbacks(execute=True):
         body = api.post(f"/api/models/{image_model.pk}/batches/",
                         {"archive": upload(zip_bytes(image_members(4)))}, format="multipart").json()

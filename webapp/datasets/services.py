@@ -19,13 +19,11 @@ import json
 import logging
 import math
 import shutil
-import socket
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +33,14 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image
 
 from jobs.models import Job
 # The lease and heartbeat rules of jobs, shared so that ingests and jobs are judged dead alike.
-from jobs.services import default_queue, heartbeat_s, lease_holder_id, lease_holder_is_dead, stale_after_s
+from jobs.services import default_queue, heartbeat_s, lease_holder_id, lease_taken_over, reap_dead_holders
 from ml.archive import ArchiveLimits, DatasetError, sniff_format
 from ml.ingest import detect_kind, ingest_image_archive
 from ml.synthetic import write_shapes_archive
@@ -335,12 +333,8 @@ def _ingest_claim(dataset_id: int) -> Dataset | None:
         logger.info("Dataset %s not ingested: it no longer exists", dataset_id)
         return None
     if dataset.status == Dataset.Status.INGESTING:
-        if not lease_holder_is_dead(dataset, at=timezone.now()):
-            logger.info("Dataset %s is being ingested by %s with a live heartbeat; nothing to do", dataset_id,
-                        dataset.claimed_by)
+        if not lease_taken_over(dataset, what=f"The ingest of dataset {dataset_id}"):
             return None
-        logger.warning("Dataset %s: taking over the ingest from %s, which stopped (attempt %s ended)", dataset_id,
-                       dataset.claimed_by, dataset.attempts)
     elif dataset.status != Dataset.Status.PENDING:
         logger.info("Dataset %s is %s already; nothing to do", dataset_id, dataset.status)
         return None
@@ -537,30 +531,24 @@ def dataset_reap() -> int:
     heartbeat, or a pid on this host that no longer exists. Called by every worker's reaper thread
     with job_reap (jobs.tasks), so a dead ingest shows "ingesting" for at most dead_job_limit_s().
     Returns how many it took back."""
-    at = timezone.now()
-    stale = at - timedelta(seconds=stale_after_s())
-    suspects = (Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)
-                | Q(claimed_by__startswith=f"{socket.gethostname()}:"))
-    reaped = 0
-    for dataset in Dataset.objects.filter(suspects, status=Dataset.Status.INGESTING):
-        if not lease_holder_is_dead(dataset, at=at):
-            continue
-        if dataset.attempts >= MAX_INGEST_ATTEMPTS:
-            reaped += Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
-                status=Dataset.Status.FAILED, error=_ingest_poison_error(dataset.attempts), progress=0.0, lease="",
-                heartbeat_at=None)
-            continue
-        with transaction.atomic():
-            requeued = Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
-                status=Dataset.Status.PENDING, lease="", claimed_by="", heartbeat_at=None, progress=0.0)
-            if requeued:
-                transaction.on_commit(lambda dataset_id=dataset.id, queue=dataset.queue: _queue_ingest(dataset_id, queue))
+    return reap_dead_holders(Dataset.objects.filter(status=Dataset.Status.INGESTING), _ingest_take_back)
+
+
+def _ingest_take_back(dataset: Dataset) -> int:
+    if dataset.attempts >= MAX_INGEST_ATTEMPTS:
+        return Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
+            status=Dataset.Status.FAILED, error=_ingest_poison_error(dataset.attempts), progress=0.0, lease="",
+            heartbeat_at=None)
+    with transaction.atomic():
+        requeued = Dataset.objects.filter(id=dataset.id, status=Dataset.Status.INGESTING, lease=dataset.lease).update(
+            status=Dataset.Status.PENDING, lease="", claimed_by="", heartbeat_at=None, progress=0.0)
         if requeued:
-            logger.warning("Dataset %s: its ingest worker %s stopped (heartbeat %s); queued again, attempt %s of %s "
-                           "done", dataset.id, dataset.claimed_by, dataset.heartbeat_at, dataset.attempts,
-                           MAX_INGEST_ATTEMPTS)
-        reaped += requeued
-    return reaped
+            transaction.on_commit(lambda: _queue_ingest(dataset.id, dataset.queue))
+    if requeued:
+        logger.warning("Dataset %s: its ingest worker %s stopped (heartbeat %s); queued again, attempt %s of %s "
+                       "done", dataset.id, dataset.claimed_by, dataset.heartbeat_at, dataset.attempts,
+                       MAX_INGEST_ATTEMPTS)
+    return requeued
 
 
 # --- Delete --------------------------------------------------------------------------------------

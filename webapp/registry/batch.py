@@ -13,9 +13,12 @@ in archive order: file, top1, probability, top5 ("label:0.9312;label:0.0400;…"
 cannot be predicted (not of the model's kind, undecodable, too large) keeps its row with the reason
 in `error` and the prediction columns empty, and is listed in BatchPrediction.skipped too.
 
-A run's claim is its `started_at`: every write of a run is a conditional UPDATE on it, so a
-redelivered task (acks_late: its worker died) takes the batch over and starts again from the first
-file, while the run it replaced, should it still be alive, finds its writes refused and stops.
+A run holds the batch by a lease, as jobs and ingests do (README "Jobs and faults"): the claim takes
+a new lease token and counts an attempt, a heartbeat thread renews heartbeat_at, and every write of
+the run is a conditional UPDATE on the lease. When the worker dies, the reaper that runs in every
+worker (batch_reap) sends the batch back to its queue, and the next run starts again from the first
+file; the run it replaced, should it still be alive, finds its writes refused and stops. A batch
+whose worker stopped MAX_BATCH_ATTEMPTS times fails with that reason.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
+# The lease and heartbeat rules of jobs, shared so that batches, ingests and jobs are judged dead alike.
+from jobs.services import LeaseHeartbeat, default_queue, lease_holder_id, lease_taken_over, reap_dead_holders
 from ml.archive import DatasetError, Member, open_archive
 from webapp.datasets.services import archive_limits
 from webapp.ownership import owned_by
@@ -49,7 +54,8 @@ ARCHIVE = "archive"  # the upload, under the batch's folder, until the run ends
 CSV_FILE = "predictions.csv"
 CSV_COLUMNS = ("file", "top1", "probability", "top5", "error")
 CHUNK = 32  # files decoded, then predicted in one forward pass: batching without holding an archive in memory
-PROGRESS_INTERVAL_S = 0.25  # done/total (and the cancel check) reach the database at most 4 times a second
+PROGRESS_INTERVAL_S = 0.25  # done/total, the cancel check and a heartbeat reach the database at most 4 times a second
+MAX_BATCH_ATTEMPTS = 3  # claims of one batch; a third dead worker means the archive (or model) kills workers
 STATUS = BatchPrediction.Status
 
 # What each kind of model takes, by extension (the ingests' lists), and how to say it.
@@ -134,12 +140,12 @@ def batch_create(*, user, model: TrainedModel, upload) -> BatchPrediction:
         with transaction.atomic():
             batch = BatchPrediction.objects.create(
                 owner=user, model=model, filename=label[: BatchPrediction._meta.get_field("filename").max_length],
-                total=total)
+                total=total, queue=default_queue())
             directory = batch_directory(batch)
             shutil.rmtree(directory, ignore_errors=True)  # an id reused after a rollback (SQLite): stale leftovers
             directory.mkdir(parents=True)
             os.replace(staging, directory / ARCHIVE)
-            transaction.on_commit(lambda: _queue(batch.pk))
+            transaction.on_commit(lambda: _queue(batch.pk, batch.queue))
     except BaseException:
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -168,11 +174,11 @@ def _check_archive(path: Path, label: str, kind: str) -> int:
     return len(names)
 
 
-def _queue(batch_id: int) -> None:
+def _queue(batch_id: int, queue: str) -> None:
     from webapp.registry.tasks import predict_archive  # tasks import this module
 
     try:
-        predict_archive.delay(batch_id)
+        predict_archive.apply_async((batch_id,), queue=queue or None)
     except Exception:  # the broker is down: say so on the batch's page instead of a 500
         logger.exception("Could not queue batch prediction %s", batch_id)
         BatchPrediction.objects.filter(id=batch_id, status=STATUS.QUEUED).update(
@@ -225,14 +231,16 @@ def batch_run(*, batch_id: int) -> None:
     batch = _claim(batch_id)
     if batch is None:
         return
-    run = BatchPrediction.objects.filter(id=batch_id, status=STATUS.RUNNING, started_at=batch.started_at)
+    run = _held(batch)
     directory = batch_directory(batch)
-    part = directory / f"{CSV_FILE}.{batch.started_at.timestamp():.6f}.part"  # this run's, so two never mix
+    part = directory / f"{CSV_FILE}.{batch.lease}.part"  # this run's, so two never mix
     tally = _Tally()
     ended = True  # by this run: then the upload is not needed again (a run that took over still reads it)
     try:
-        with part.open("w", newline="", encoding="utf-8") as out:
+        with part.open("w", newline="", encoding="utf-8") as out, LeaseHeartbeat(run, name=f"Batch {batch_id}"):
             _predict_archive(batch, run, csv.writer(out), out, tally)
+        if not run.exists():  # taken over or deleted after the last progress write: the CSV is not ours to write
+            raise _Stopped
         os.replace(part, directory / CSV_FILE)
         if tally.predicted == 0 and tally.skipped:
             error = f"None of the {len(tally.skipped):,} files could be predicted; the CSV gives each reason."
@@ -269,24 +277,80 @@ class _Tally:
         return self.predicted + len(self.skipped)
 
 
+def _held(batch: BatchPrediction) -> QuerySet[BatchPrediction]:
+    """The batch while its run holds it: every write of the run goes through this filter."""
+    return BatchPrediction.objects.filter(id=batch.pk, status=STATUS.RUNNING, lease=batch.lease)
+
+
+def _poison_error(attempts: int) -> str:
+    return (f"The worker running this batch stopped {attempts} times before it finished (killed, out of memory, "
+            f"or crashed), so it was not tried again (at most {MAX_BATCH_ATTEMPTS} attempts). Try a smaller "
+            "archive, or ask the administrator to look at the worker log.")
+
+
 def _claim(batch_id: int) -> BatchPrediction | None:
-    """Take a QUEUED batch, or a RUNNING one (its task was redelivered: the worker that ran it died),
-    starting over from the first file. A finished, cancelled or deleted one is left alone."""
+    """Take the batch for this process: a QUEUED one, or a RUNNING one whose holder is dead (stale
+    heartbeat, or a pid on this host that is gone: a task delivered again after its worker died),
+    starting over from the first file. Counts the attempt; a batch out of attempts fails instead,
+    and a dead one whose user asked to cancel is cancelled. Returns it holding its new lease, or None."""
     batch = BatchPrediction.objects.filter(id=batch_id).first()
     if batch is None or batch.is_finished:
         logger.info("Batch prediction %s: nothing to do (%s)", batch_id, batch.status if batch else "deleted")
         return None
     if batch.status == STATUS.RUNNING:
-        logger.warning("Batch prediction %s: starting again (its previous run, from %s, did not end)",
-                       batch_id, batch.started_at)
-    claimed = BatchPrediction.objects.filter(id=batch_id, status=batch.status, started_at=batch.started_at).update(
-        status=STATUS.RUNNING, started_at=timezone.now(), done=0, skipped=[], error="")
+        if not lease_taken_over(batch, what=f"Batch prediction {batch_id}"):
+            return None
+        if batch.cancel_requested or batch.attempts >= MAX_BATCH_ATTEMPTS:
+            _take_back(batch)
+            return None
+    token = uuid.uuid4().hex
+    claimed = BatchPrediction.objects.filter(id=batch_id, status=batch.status, lease=batch.lease,
+                                             attempts=batch.attempts).update(
+        status=STATUS.RUNNING, lease=token, claimed_by=lease_holder_id()[:255], attempts=F("attempts") + 1,
+        heartbeat_at=timezone.now(), started_at=timezone.now(), done=0, skipped=[], error="")
     if claimed != 1:
+        logger.info("Batch prediction %s: another worker claimed it first", batch_id)
         return None
     batch = BatchPrediction.objects.select_related("model").get(id=batch_id)
-    for stale in batch_directory(batch).glob(f"{CSV_FILE}.*.part"):
-        stale.unlink(missing_ok=True)  # a dead run's rows: this run writes its own file
+    _remove_parts(batch)  # a dead run's rows: this run writes its own file
     return batch
+
+
+def _remove_parts(batch: BatchPrediction) -> None:
+    for stale in batch_directory(batch).glob(f"{CSV_FILE}.*.part"):
+        stale.unlink(missing_ok=True)
+
+
+def batch_reap() -> int:
+    """Queue again (or fail, past MAX_BATCH_ATTEMPTS; or cancel, when asked to) the running batches
+    whose holder is dead: a stale heartbeat, or a pid on this host that no longer exists. Called by
+    every worker's reaper thread with job_reap and dataset_reap (jobs.tasks), so a dead batch shows
+    "running" for at most dead_job_limit_s(). Returns how many it took back."""
+    return reap_dead_holders(BatchPrediction.objects.filter(status=STATUS.RUNNING), _take_back)
+
+
+def _take_back(batch: BatchPrediction) -> int:
+    """End or requeue a RUNNING batch whose holder is dead, conditionally on the dead holder's lease.
+    A batch that ends here has no CSV: the dead run's rows may end in a torn line."""
+    held = _held(batch)
+    if batch.cancel_requested or batch.attempts >= MAX_BATCH_ATTEMPTS:
+        status, error = ((STATUS.CANCELLED, "") if batch.cancel_requested
+                         else (STATUS.FAILED, _poison_error(batch.attempts)))
+        ended = held.update(status=status, error=error, finished_at=timezone.now(), lease="", heartbeat_at=None)
+        if ended:
+            _remove_parts(batch)
+            (batch_directory(batch) / ARCHIVE).unlink(missing_ok=True)
+            logger.warning("Batch prediction %s: its worker %s stopped; %s after %s attempts", batch.pk,
+                           batch.claimed_by, status, batch.attempts)
+        return ended
+    with transaction.atomic():
+        requeued = held.update(status=STATUS.QUEUED, lease="", claimed_by="", heartbeat_at=None)
+        if requeued:
+            transaction.on_commit(lambda: _queue(batch.pk, batch.queue))
+    if requeued:
+        logger.warning("Batch prediction %s: its worker %s stopped (heartbeat %s); queued again, attempt %s of %s "
+                       "done", batch.pk, batch.claimed_by, batch.heartbeat_at, batch.attempts, MAX_BATCH_ATTEMPTS)
+    return requeued
 
 
 def _predict_archive(batch: BatchPrediction, run: QuerySet, writer, out, tally: _Tally) -> None:
@@ -310,8 +374,10 @@ def _predict_archive(batch: BatchPrediction, run: QuerySet, writer, out, tally: 
             out.flush()
             if time.monotonic() - last_write >= PROGRESS_INTERVAL_S and tally.done < len(members):
                 last_write = time.monotonic()
-                # The cancel check rides on the progress write: refused once cancel_requested is set.
-                if run.filter(cancel_requested=False).update(done=tally.done, skipped=tally.skipped) != 1:
+                # The cancel check and a heartbeat ride on the progress write: refused once
+                # cancel_requested is set, or once the lease is lost.
+                if run.filter(cancel_requested=False).update(done=tally.done, skipped=tally.skipped,
+                                                             heartbeat_at=timezone.now()) != 1:
                     raise _Stopped
 
 
@@ -353,7 +419,8 @@ def _predict_chunk(archive, members: list[Member], model: TrainedModel, predicto
 
 
 def _finish(run: QuerySet, tally: _Tally, status: str, *, error: str = "") -> None:
-    run.update(status=status, done=tally.done, skipped=tally.skipped, error=error, finished_at=timezone.now())
+    run.update(status=status, done=tally.done, skipped=tally.skipped, error=error, finished_at=timezone.now(),
+               lease="", heartbeat_at=None)
 
 
 def _stopped(batch_id: int, run: QuerySet, part: Path, tally: _Tally) -> bool:

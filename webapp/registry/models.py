@@ -89,6 +89,14 @@ class BatchPrediction(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Fault tolerance, as for jobs and ingests (README "Jobs and faults"): a claim takes a new lease
+    # token and counts an attempt; the run renews heartbeat_at; the reaper takes back a batch whose
+    # holder ("host:pid" in claimed_by) is dead and sends it back to its queue.
+    attempts = models.PositiveSmallIntegerField(default=0)  # claims so far, counted at claim
+    lease = models.CharField(max_length=32, blank=True)
+    claimed_by = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    queue = models.CharField(max_length=255, blank=True)  # where its run is sent; the reaper sends it back there
 
     class Meta:
         ordering = ["-created_at"]
