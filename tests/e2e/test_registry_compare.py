@@ -46,6 +46,9 @@ def test_compare_draws_one_line_per_job(live, browser_page, alice):
     page.get_by_role("button", name="Compare").click()
 
     expect(page.locator("#compare-metrics")).to_contain_text("90.0 %")
+    # The table is in the HTML; the charts come when the scripts at the end of the page have run.
+    page.wait_for_function("""() => window.Chart && ["compare-accuracy", "compare-loss"].every((id) =>
+        Chart.getChart(document.getElementById(id)))""")
     lines = page.evaluate("""() => ["compare-accuracy", "compare-loss"].map((id) =>
         Chart.getChart(document.getElementById(id)).data.datasets.map((d) => [d.label, d.data.length]))""")
     expected = [[f"Job {jobs[0].pk} ({TINY_ARCH})", 3], [f"Job {jobs[1].pk} ({TINY_ARCH})", 2]]
