@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from jobs.models import Job
+
 
 class TrainedModel(models.Model):
     """A stored model: files under MEDIA_ROOT/<storage_dir> (model.safetensors + model.json)."""
@@ -68,14 +70,9 @@ class BatchPrediction(models.Model):
     """Predicting every file of an uploaded archive with one model, in the background; the result is
     a CSV (file, top-1, probability, top-5) under MEDIA_ROOT/<storage_dir>."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    # A batch goes through the states a training job does (queued, running, then one of the three ends).
+    Status = Job.Status
+    FINISHED = Job.FINISHED
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batch_predictions")
     model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="batch_predictions")
