@@ -17,7 +17,7 @@ from webapp.registry.models import BatchPrediction
 
 pytestmark = pytest.mark.e2e
 
-FILES = 3000  # 8×8 images: seconds of the worker's time, so the page sees the bar move
+FILES = 12000  # 8×8 images: several seconds of the worker's time even on a quiet machine (3,000 once finished between two polls), so the page sees the bar move
 
 
 def test_a_user_uploads_an_archive_on_the_model_page_and_downloads_the_csv(
