@@ -14,7 +14,8 @@ from django import forms
 
 from webapp.datasets.models import Dataset
 
-LABELS = {"lr": "Learning rate", "arch": "Architecture", "ema": "Weight averaging (EMA decay)"}
+LABELS = {"lr": "Learning rate", "arch": "Architecture", "ema": "Weight averaging (EMA decay)",
+          "synthetic_voices": "Synthetic voices per class"}
 KIND_GROUPS = {"image": "For images", "audio": "For speech"}  # the arch select's groups
 
 
@@ -72,6 +73,9 @@ class JobForm(forms.Form):
         for name, param in HYPERPARAMETERS.items():
             self.fields[name] = _field(name, param)
             self.fields[name].initial = defaults.get(name, param.default)
+            if param.modality:  # the page's script hides it for the other kind; left out, it is the default
+                self.fields[name].widget.attrs["data-only-for"] = param.modality
+                self.fields[name].required = False
         self.fields["arch"].choices = [
             (KIND_GROUPS.get(kind, kind), [(a, a) for a in architectures_for(kind)]) for kind in Dataset.Kind.values
         ]
@@ -104,4 +108,4 @@ class JobForm(forms.Form):
         return [self[name] for name in self.hyperparameters]
 
     def config(self) -> dict:
-        return {name: self.cleaned_data[name] for name in self.hyperparameters}
+        return {name: self.cleaned_data[name] for name in self.hyperparameters if self.cleaned_data[name] is not None}

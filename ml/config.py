@@ -40,6 +40,10 @@ class TrainConfig:
     # Decay per optimizer step of an exponential moving average of the weights (and BatchNorm
     # statistics) that validation and the final model use; 0 = off. Off for images: not measured.
     ema: float = 0.0
+    # Speech only: clips per class that espeak-ng speaks (the class name, ml.synthetic_speech),
+    # added to the training split; 0 = off. Off by default: it helps only where the class names
+    # are the words spoken (digits, commands), and nothing can tell that from a name.
+    synthetic_voices: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -56,7 +60,12 @@ class TrainConfig:
                 raise ConfigError(
                     str(key), f"Unknown hyperparameter {key!r}. Choose from: {', '.join(HYPERPARAMETERS)}"
                 )
-        return cls(**{**config_defaults(modality), **d})
+        config = cls(**{**config_defaults(modality), **d})
+        for name, param in HYPERPARAMETERS.items():
+            if param.modality not in (None, modality) and getattr(config, name) != param.default:
+                raise ConfigError(name, f"{name} is for {MODALITY_WORDS[param.modality][1]} datasets only; "
+                                        f"leave it at {param.default} for {MODALITY_WORDS[modality][1]}")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +79,7 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] | None = None  # for kind="choice"
     help: str = ""
+    modality: str | None = None  # the one kind of data it applies to ("image" or "audio"); None: both
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -152,6 +162,16 @@ HYPERPARAMETERS: dict[str, Param] = {
         help="Weight averaging: decay per step of a moving average of the weights that validation and "
         "the saved model use; smooths accuracy that jumps between epochs (0 = off). Typical: 0.99 to 0.999; "
         "higher averages over more steps.",
+    ),
+    # Up to 1,000 a class: 35 Speech Commands words × 1,000 is 35,000 clips, ~1 GB and minutes of
+    # synthesis before the first step.
+    "synthetic_voices": Param(
+        "int", _DEFAULTS["synthetic_voices"], 0, 1000,
+        help="Speech only: clips per class spoken by a speech synthesiser (espeak-ng: many voices, speeds, "
+        "pitches, rooms and noises) saying the class name, added to the training split (0 = off). Use it when "
+        "the class names are the words spoken (digits, commands): it helps recognise voices not in the data. "
+        "Class names starting with _ are not spoken.",
+        modality="audio",
     ),
 }
 

@@ -10,6 +10,9 @@ in docs/benchmarks.md (bench/speech_transfer.py: train on this set, test on all 
 
     write_digits_archive("digits.zip", per_class=200, seed=0)   # <digit>/<digit>_0001.wav ...
 
+The same renderer speaks any class name for training (`synthetic_voices`, the `synthetic_voices`
+hyperparameter: clips added to a speech dataset's training split; see ml.train).
+
 Clips are 16 kHz 16-bit mono WAV, at most 1 s long. The archive is byte-identical for a seed: the
 clips come from a private espeak-ng instance (see ml.tts) in a fixed order, every random choice
 comes from the seed, and the zip members carry a fixed timestamp.
@@ -20,11 +23,13 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import soundfile as sf
@@ -32,6 +37,7 @@ import torch
 import torchaudio
 
 from ml import tts
+from ml.audio import fit_length, to_int16
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16_000
@@ -152,16 +158,17 @@ def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return (white / (np.sqrt(np.mean(white**2)) + 1e-12)).astype(np.float32)
 
 
-def render_digit(word: str, rng: np.random.Generator, synth: tts.Synthesizer, *,
-                 recipe: Recipe = RECIPE) -> np.ndarray:
-    """One varied clip of word: float32 mono at 16 kHz in [-1, 1], at most MAX_SECONDS long."""
+def render_word(word: str, rng: np.random.Generator, synth: tts.Synthesizer, *,
+                recipe: Recipe = RECIPE) -> np.ndarray:
+    """One varied clip of word (any short text): float32 mono at 16 kHz in [-1, 1], at most
+    MAX_SECONDS long."""
     max_samples = int(MAX_SECONDS * SAMPLE_RATE)
     voice = str(rng.choice(synth.base_voices))
     if rng.random() < recipe.variant_p:
         voice += "+" + str(rng.choice(recipe.variants or default_variants(synth)))
     if rng.random() < recipe.emphasis_p:
         level = str(rng.choice(["strong", "moderate", "reduced"]))
-        text, ssml = f'<speak><emphasis level="{level}">{word}</emphasis></speak>', True
+        text, ssml = f'<speak><emphasis level="{level}">{xml_escape(word)}</emphasis></speak>', True
     else:
         text, ssml = word + str(rng.choice(["", ".", "!", "?", ","])), False
     speed = int(rng.integers(recipe.speed[0], recipe.speed[1] + 1))
@@ -218,9 +225,10 @@ def render_digit(word: str, rng: np.random.Generator, synth: tts.Synthesizer, *,
     return np.clip(clip * np.float32(peak / (np.abs(clip).max() + 1e-9)), -1, 1).astype(np.float32)
 
 
-def render_digits(*, per_class: int = 200, seed: int = 0,
-                  recipe: Recipe = RECIPE) -> Iterator[tuple[str, int, np.ndarray]]:
-    """(word, index, 16 kHz float32 clip) for per_class clips of each digit, interleaved; deterministic in seed."""
+def render_words(words: Sequence[str], *, per_class: int = 200, seed: int = 0,
+                 recipe: Recipe = RECIPE) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(index into words, clip number, 16 kHz float32 clip) for per_class clips of each word,
+    interleaved; deterministic in seed (clip i of word k draws from the seed [seed, i, k])."""
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     try:
@@ -230,11 +238,48 @@ def render_digits(*, per_class: int = 200, seed: int = 0,
         synth = tts.shared()
     try:
         for i in range(per_class):
-            for k, word in enumerate(DIGITS):
+            for k, word in enumerate(words):
                 rng = np.random.default_rng([seed, i, k])
-                yield word, i, render_digit(word, rng, synth, recipe=recipe)
+                yield k, i, render_word(word, rng, synth, recipe=recipe)
     finally:
         synth.close()
+
+
+def render_digits(*, per_class: int = 200, seed: int = 0,
+                  recipe: Recipe = RECIPE) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(word, index, 16 kHz float32 clip) for per_class clips of each digit, interleaved; deterministic in seed."""
+    for k, i, wave in render_words(DIGITS, per_class=per_class, seed=seed, recipe=recipe):
+        yield DIGITS[k], i, wave
+
+
+def spoken_text(class_name: str) -> str | None:
+    """What espeak-ng says for a class: its name with _ - . as spaces ("turn_left" -> "turn left";
+    "7" is read "seven"). None for a name that starts with "_" (Speech Commands' _silence_ and
+    _unknown_ are not words) or holds no letter or digit."""
+    if class_name.startswith("_"):
+        return None
+    text = " ".join(re.sub(r"[_\-.]+", " ", class_name).split())
+    return text if re.search(r"[^\W_]", text) else None
+
+
+def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_samples: int,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """per_class clips of every class whose name can be spoken (spoken_text), as int16
+    N×clip_samples clips at 16 kHz (fit_length, like ingestion) and int64 labels (indices into
+    classes); progress(done, total) every 100 clips. The same arguments give the same clips."""
+    speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
+    total = per_class * len(speakable)
+    x = np.zeros((total, clip_samples), dtype=np.int16)
+    y = np.zeros(total, dtype=np.int64)
+    if not speakable:
+        return x, y
+    clips = render_words([text for _, text in speakable], per_class=per_class, seed=seed)
+    for n, (k, _, wave) in enumerate(clips):
+        x[n] = to_int16(fit_length(wave, clip_samples)[0])
+        y[n] = speakable[k][0]
+        if progress is not None and ((n + 1) % 100 == 0 or n + 1 == total):
+            progress(n + 1, total)
+    return x, y
 
 
 def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -654,6 +654,18 @@ class _Position:
         return self.train_time_s + (now - self.segment_start if self.position else 0.0)
 
 
+def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int) -> tuple[AudioData, int]:
+    """data with per_class synthetic clips of each speakable class (ml.synthetic_speech) appended
+    to its training split, and how many were added. Validation and test stay real recordings."""
+    from ml.synthetic_speech import SAMPLE_RATE, synthetic_voices  # loads espeak-ng: only when asked for
+
+    if data.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"synthetic voices are made at {SAMPLE_RATE} Hz; the clips are at {data.sample_rate} Hz")
+    x, y = synthetic_voices(data.classes, per_class=per_class, seed=seed, clip_samples=data.clip_samples)
+    data = replace(data, x_train=np.concatenate([data.x_train, x]), y_train=np.concatenate([data.y_train, y]))
+    return data, len(x)
+
+
 def train(
     config: TrainConfig | dict[str, Any],
     data: ImageData | AudioData,
@@ -702,8 +714,17 @@ def train(
             # Written before `ema` existed, so without an average: it resumes with any setting.
             saved["config"] = {**saved["config"], "ema": config.ema}
             average_missing = True
+        if isinstance(saved.get("config"), dict):  # written before synthetic voices: trained without
+            saved["config"] = {"synthetic_voices": 0, **saved["config"]}
         check_matches(saved, config=config.to_dict(), fingerprint=fingerprint, path=checkpoint_path)
     started = time.monotonic() - (float(saved["elapsed_s"]) if saved else 0.0)
+    if config.synthetic_voices and not audio:
+        raise ValueError("synthetic_voices is for speech data; set it to 0 for images")
+    synthetic = 0
+    if config.synthetic_voices:
+        # After the fingerprint: it covers the dataset, and the config says what was added. The
+        # clips depend only on the classes, the count and the seed, so a resume makes them again.
+        data, synthetic = with_synthetic_voices(data, per_class=config.synthetic_voices, seed=config.seed)
     with cpu_threads(dev):
         seed_everything(config.seed)
         if dev.type == "cuda":
@@ -909,6 +930,8 @@ def train(
     }
     if test is not None:
         metrics["test_loss"], metrics["test_acc"] = test[0], test[1]
+    if config.synthetic_voices:
+        metrics["synthetic_clips"] = synthetic
     return TrainResult(
         model=model,
         config=config,

@@ -17,7 +17,10 @@ depends only on the calls made since the library was loaded: a few function-stat
 nothing resets them. A batch that must come out byte-identical, such as a generated dataset,
 therefore uses `with Synthesizer(private=True) as synth:`, which loads its own copy of the library
 with fresh state (a copy under another file name is a separate instance for the dynamic loader).
-Both kinds can be used at the same time, from any threads.
+Some voice variants also draw from the C library's rand(), whose state the whole process shares
+(a second private instance in the same process spoke differently from the first): it is seeded
+with the utterance's seed too, and utterances take one process-wide lock so no other instance's
+draws come in between. Both kinds can be used at the same time, from any threads.
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ def _load_private_copy(library: Path) -> ctypes.CDLL:
         return ctypes.CDLL(str(copy))  # the mapping outlives the file
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# The C library's rand() state is one per process, shared by every espeak-ng instance.
+_libc = ctypes.CDLL(None)
+_libc.srand.argtypes = [ctypes.c_uint]
+_libc.srand.restype = None
+_RAND_LOCK = threading.Lock()
 
 
 class PrivateCopyError(RuntimeError):
@@ -183,7 +193,7 @@ class Synthesizer:
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, got {value}")
         encoded = text.encode("utf-8")
-        with self._lock:
+        with self._lock, _RAND_LOCK:
             lib = self._lib
             if lib is None:
                 raise RuntimeError("This Synthesizer is closed")
@@ -195,6 +205,7 @@ class Synthesizer:
                                      (_WORDGAP, word_gap)):
                 lib.espeak_SetParameter(parameter, int(value), 0)
             lib.espeak_ng_SetRandSeed(int(seed))  # noise sources (breath, whisper, Klatt) repeat
+            _libc.srand(int(seed) & 0xFFFFFFFF)  # and the variants that call rand()
             self._chunks.clear()
             flags = _CHARS_UTF8 | (_SSML if ssml else 0)
             status = lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, flags, None, None)

@@ -263,6 +263,7 @@ def test_the_new_job_form_switches_architectures_and_defaults_with_the_datasets_
 
     assert options() == architectures_for("image")
     expect(page.get_by_label("Architecture")).to_have_value("resnet")
+    expect(page.locator("#id_synthetic_voices")).to_be_hidden()  # speech only
     page.get_by_label("Epochs").fill("3")  # the user's own setting, kept while the kind stays the same
 
     page.get_by_label("Dataset").select_option(str(speech.pk))
@@ -272,6 +273,7 @@ def test_the_new_job_form_switches_architectures_and_defaults_with_the_datasets_
     expect(page.get_by_label("Batch size")).to_have_value(str(audio["batch_size"]))
     expect(page.get_by_label("Epochs")).to_have_value(str(audio["epochs"]))
     expect(page.locator("#job-kind-note")).to_contain_text("speech")
+    expect(page.get_by_label("Synthetic voices per class")).to_be_visible()
     page.get_by_label("Architecture").select_option("crnn")
     shot(page, "speech-04-new-job")
 
@@ -279,4 +281,5 @@ def test_the_new_job_form_switches_architectures_and_defaults_with_the_datasets_
     assert options() == architectures_for("image")
     expect(page.get_by_label("Architecture")).to_have_value("resnet")
     expect(page.get_by_label("Batch size")).to_have_value(str(config_defaults("image")["batch_size"]))
+    expect(page.locator("#id_synthetic_voices")).to_be_hidden()
     assert page.problems == []

@@ -171,15 +171,30 @@ def test_submitting_the_form_for_a_speech_dataset_queues_a_speech_job(alice, ali
     assert "Clips / s" in alice_client.get(response.url).text
 
 
+def test_synthetic_voices_are_a_speech_only_setting(alice, alice_client, dataset, queued):
+    html = alice_client.get(reverse("jobs:new") + f"?dataset={dataset.pk}").text
+    field = re.search(r'<input[^>]*name="synthetic_voices"[^>]*>', html).group(0)
+    assert 'data-only-for="audio"' in field and 'value="0"' in field  # the page's script hides it for images
+
+    with pytest.raises(ValidationError) as info:
+        job_create(user=alice, dataset=dataset, config={"synthetic_voices": 50})
+    assert "speech datasets only" in info.value.message_dict["synthetic_voices"][0]
+    assert job_create(user=alice, dataset=audio_dataset(alice), config={"synthetic_voices": 50}).config[
+        "synthetic_voices"] == 50
+    assert not Job.objects.filter(dataset=dataset).exists()
+
+
 # --- job_run -----------------------------------------------------------------------------------
 
 
-def test_a_job_on_an_ingested_speech_dataset_trains_and_stores_a_speech_model(alice, tmp_path, pushes, queued):
+def test_a_job_on_an_ingested_speech_dataset_trains_and_stores_a_speech_model(alice, alice_client, tmp_path, pushes,
+                                                                              queued):
     import ml
 
     dataset = ingested_audio_dataset(alice, tmp_path)
     job = job_create(user=alice, dataset=dataset,
-                     config={"arch": "cnn_mel", "epochs": 2, "batch_size": 8, "lr": 3e-3, "augment": False})
+                     config={"arch": "cnn_mel", "epochs": 2, "batch_size": 8, "lr": 3e-3, "augment": False,
+                             "synthetic_voices": 2})
 
     job_run(job_id=job.id)
 
@@ -198,6 +213,10 @@ def test_a_job_on_an_ingested_speech_dataset_trains_and_stores_a_speech_model(al
     assert meta["input"]["kind"] == "audio"
     predictor = ml.load_predictor(default_storage.path(model.storage_dir))
     assert predictor.modality == "audio"
+    # espeak-ng spoke each class name twice into the training split; the model page says so.
+    assert model.metrics["synthetic_clips"] == 2 * len(CLASSES)
+    page = alice_client.get(reverse("models:detail", args=[model.pk])).text
+    assert f"plus {2 * len(CLASSES)} synthetic clips spoken by espeak-ng" in page
 
 
 # --- The API -----------------------------------------------------------------------------------

@@ -71,6 +71,16 @@ def test_a_private_synthesizer_repeats_itself_exactly():
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
+def test_the_same_utterance_with_the_same_seed_sounds_the_same_every_time_in_a_process():
+    # Variants like caleb draw from the C library's rand(), which all instances in a process share.
+    def run() -> list[np.ndarray]:
+        with tts.Synthesizer(private=True) as synth:
+            return [synth.synthesize("yes!", voice="en-gb-x-gbcwmd+caleb", seed=3)[0] for _ in range(2)]
+
+    first = run()
+    assert all(np.array_equal(first[0], wave) for wave in first + run())
+
+
 def test_a_missing_package_is_a_clear_error(monkeypatch):
     import sys
 

@@ -240,6 +240,7 @@ METRIC_LABELS = [
     ("train_loss", "Training loss", "number"),
     ("samples_per_s", "Throughput (samples/s)", "rate"),
     ("duration_s", "Training time (s)", "rate"),
+    ("synthetic_clips", "Synthetic training clips", "rate"),
 ]
 
 

@@ -1,0 +1,73 @@
+"""Synthetic voices as a speech training option: espeak-ng speaks each class name into the training split."""
+
+import numpy as np
+import pytest
+import torch
+
+from ml import AudioData, Cancelled, ConfigError, TrainConfig, train
+from ml.synthetic_speech import spoken_text, synthetic_voices
+from tests.audio_fixtures import CLASSES, clip_arrays
+
+CONFIG = {"arch": "crnn", "epochs": 2, "batch_size": 16, "lr": 3e-3, "synthetic_voices": 4}
+
+
+@pytest.fixture(scope="module")
+def data() -> AudioData:
+    x, y = clip_arrays(36, seed=0)
+    return AudioData(x[:27], y[:27], x[27:], y[27:], list(CLASSES))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("7", "7"), ("turn_left", "turn left"), ("on-off", "on off"), ("  Marvin  ", "Marvin"),
+    ("_silence_", None), ("_unknown_", None), ("___", None), ("-", None),
+])
+def test_a_class_name_is_spoken_as_words_and_special_classes_are_not(name, text):
+    assert spoken_text(name) == text
+
+
+def test_every_speakable_class_gets_its_clips_the_same_for_a_seed():
+    classes = ["yes", "_silence_", "no"]
+    x, y = synthetic_voices(classes, per_class=3, seed=1, clip_samples=12_000)
+    assert x.dtype == np.int16 and x.shape == (6, 12_000)
+    assert sorted(y.tolist()) == [0, 0, 0, 2, 2, 2]  # _silence_ is never spoken
+    assert all(np.abs(clip).max() > 300 for clip in x)  # each holds a word, not silence
+    again, same_labels = synthetic_voices(classes, per_class=3, seed=1, clip_samples=12_000)
+    assert np.array_equal(x, again) and np.array_equal(y, same_labels)
+    other, _ = synthetic_voices(classes, per_class=3, seed=2, clip_samples=12_000)
+    assert not np.array_equal(x, other)
+
+
+def test_training_adds_them_to_the_training_split_only(data):
+    plain = train({**CONFIG, "synthetic_voices": 0, "epochs": 1}, data, device="cpu")
+    result = train({**CONFIG, "epochs": 1}, data, device="cpu")
+    assert "synthetic_clips" not in plain.metrics
+    assert result.metrics["synthetic_clips"] == 4 * len(CLASSES)
+    # 27 real clips: 2 steps of 16; with 12 spoken ones, 39 clips: 3 steps.
+    assert plain.history[-1]["step"] == 2 and result.history[-1]["step"] == 3
+    assert np.sum(result.confusion) == len(data.y_val)  # validation stays the real clips
+    assert len(data.x_train) == 27  # the caller's data is left as it was
+
+
+def test_a_run_with_synthetic_voices_resumes_bit_identically(data, tmp_path):
+    expected = train(CONFIG, data, device="cpu", progress_interval=0)
+    path = tmp_path / "run.ckpt"
+
+    def cancel(event):
+        if event.kind == "step" and event.step == 4:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[cancel])
+    resumed = train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path)
+    assert resumed.history == [{**h, "elapsed_s": r["elapsed_s"], "samples_per_s": r["samples_per_s"]}
+                               for h, r in zip(expected.history, resumed.history, strict=True)]
+    for (name, a), b in zip(resumed.model.state_dict().items(), expected.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_images_refuse_synthetic_voices(make_brightness_data):
+    with pytest.raises(ConfigError, match="speech datasets") as info:
+        TrainConfig.from_dict({"synthetic_voices": 10}, modality="image")
+    assert info.value.field == "synthetic_voices"
+    with pytest.raises(ValueError, match="speech data"):
+        train(TrainConfig(synthetic_voices=10, epochs=1), make_brightness_data(30, 9), device="cpu")
