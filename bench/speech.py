@@ -11,6 +11,11 @@ fold: held-out accuracy, wall and CPU minutes; per architecture: mean and worst 
     nice -n 10 .venv/bin/python bench/speech.py                                  # 3 nets × 6 folds, defaults
     nice -n 10 .venv/bin/python bench/speech.py --archs cnn_mel --folds theo,george --epochs 10
     nice -n 10 .venv/bin/python bench/speech.py --archs crnn --set lr=0.005 --arch-arg hidden=96
+    nice -n 10 .venv/bin/python bench/speech.py --archs crnn --set synthetic_voices=300 --epochs 25
+
+With `--set synthetic_voices=N` each fold's training split also gets N espeak-ng clips per digit
+(the training option: the class names "0"…"9" spoken in synthetic voices); the held-out speaker
+stays the only test data.
 """
 
 from __future__ import annotations

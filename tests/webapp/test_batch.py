@@ -25,7 +25,6 @@ from tests.audio_fixtures import wav_bytes
 from tests.webapp.test_registry import png, train_result  # noqa: F401 - shared session fixture
 from tests.webapp.test_registry_audio import clear_clip, speech_result  # noqa: F401 - shared session fixture
 from webapp.registry import batch as batches
-from webapp.registry import services
 from webapp.registry.batch import CSV_COLUMNS, batch_cancel, batch_create, batch_delete, batch_run
 from webapp.registry.models import BatchPrediction, TrainedModel
 from webapp.registry.services import model_directory, prediction_create
@@ -59,13 +58,6 @@ def store_model(result, owner, *, published: bool = False) -> TrainedModel:
 @pytest.fixture
 def image_model(alice, train_result):  # noqa: F811 - the fixture
     return store_model(train_result, alice)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_predictor_cache():
-    services._cache.clear()
-    yield
-    services._cache.clear()
 
 
 @pytest.fixture

@@ -78,13 +78,6 @@ def model(job, train_result):
     return model_register(job=job, result=train_result)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_predictor_cache():
-    services._cache.clear()
-    yield
-    services._cache.clear()
-
-
 # --- model_register / model_delete ------------------------------------------------------------
 
 

@@ -14,7 +14,6 @@ from rest_framework.authtoken.models import Token
 from jobs.models import Job
 from tests.audio_fixtures import CLASSES, chirp, clip_arrays, tone, wav_bytes
 from webapp.datasets.models import Dataset
-from webapp.registry import services
 from webapp.registry.models import TrainedModel
 from webapp.registry.services import model_directory, model_register, prediction_create, prediction_with_heard
 
@@ -55,13 +54,6 @@ def model(dataset, speech_result):
     job = Job.objects.create(owner=dataset.owner, dataset=dataset, status=Job.Status.SUCCEEDED,
                              config={"arch": "cnn_mel", "epochs": 8})
     return model_register(job=job, result=speech_result)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_predictor_cache():
-    services._cache.clear()
-    yield
-    services._cache.clear()
 
 
 def upload(name: str, data: bytes, content_type: str = "audio/wav"):
