@@ -419,6 +419,13 @@ def job_run(*, job_id: int) -> None:
                 config = ml.TrainConfig.from_dict(job.config, modality=job.dataset.kind)
                 data = load_dataset(default_storage.path(job.dataset.storage_dir))  # images or audio
                 _prepare_resume(job, checkpoint)
+                if config.synthetic_voices:  # synthesis takes seconds to minutes before the first step
+                    from ml.synthetic_speech import spoken_text
+
+                    spoken = sum(spoken_text(name) is not None for name in data.classes)
+                    job_add_notice(job=job, message=f"Adding {config.synthetic_voices} synthetic clips of each of "
+                                                    f"{spoken} class names (spoken by espeak-ng) to the training "
+                                                    "split before the first step.")
                 callback.started = time.monotonic()
                 try:
                     result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,

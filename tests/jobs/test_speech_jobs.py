@@ -215,6 +215,7 @@ def test_a_job_on_an_ingested_speech_dataset_trains_and_stores_a_speech_model(al
     assert predictor.modality == "audio"
     # espeak-ng spoke each class name twice into the training split; the model page says so.
     assert model.metrics["synthetic_clips"] == 2 * len(CLASSES)
+    assert "Adding 2 synthetic clips of each of 3 class names" in job.notices[0]["message"]
     page = alice_client.get(reverse("models:detail", args=[model.pk])).text
     assert f"plus {2 * len(CLASSES)} synthetic clips spoken by espeak-ng" in page
 
