@@ -344,53 +344,24 @@ def epoch_batches(
     perm: torch.Tensor,
     *,
     batch_size: int,
-    generator: torch.Generator,
-    augment: bool,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
     skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's training batches in the order of `perm`, from batch number `skip` on (a resumed
-    epoch). A last batch of one image is dropped (batch norm cannot normalise a single value);
-    reshuffling means a different image sits out each epoch.
+    epoch), each passed through `prepare` (augmentation, layout). A last batch of one sample is
+    dropped (batch norm cannot normalise a single value); reshuffling means a different one sits
+    out each epoch.
 
-    Lazy on purpose: batch i+1's augmentation is drawn from `generator` only once step i is done,
-    so the generator's state after a step is exactly what a resumed epoch needs."""
-    n = len(x)
-    shift = max(1, round(min(x.shape[2], x.shape[3]) * SHIFT_FRACTION))
-    for start in range(skip * batch_size, n, batch_size):
-        idx = perm[start : start + batch_size]
-        if len(idx) == 1 and n > 1:
-            break
-        xb = x[idx]
-        if augment:
-            # The whole batch at once, before any split into micro-batches: the random draws, and
-            # so the data, do not depend on gradient accumulation.
-            xb = augment_batch(xb, generator=generator, shift=shift)
-        yield xb.contiguous(memory_format=torch.channels_last), y[idx]
-
-
-def audio_epoch_batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    perm: torch.Tensor,
-    *,
-    batch_size: int,
-    generator: torch.Generator,
-    augment: bool,
-    shift: int,
-    noise: torch.Tensor | None,
-    skip: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """epoch_batches for int16 N×L clips: the same order, laziness and single-clip rule; augmented
-    batches come out as float32 waveforms, plain ones as int16 (the model scales both alike)."""
+    Lazy on purpose: batch i+1's augmentation is drawn from the generator only once step i is
+    done, so the generator's state after a step is exactly what a resumed epoch needs. The whole
+    batch is augmented at once, before any split into micro-batches: the random draws, and so the
+    data, do not depend on gradient accumulation."""
     n = len(x)
     for start in range(skip * batch_size, n, batch_size):
         idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1:
             break
-        xb = x[idx]
-        if augment:
-            xb = augment_audio(xb, generator=generator, shift=shift, noise=noise)
-        yield xb, y[idx]
+        yield prepare(x[idx]), y[idx]
 
 
 def check_finite(loss: float, *, epoch: int, step: int) -> None:
@@ -762,6 +733,16 @@ def train(
                 config.arch, num_classes=num_classes, in_channels=data.channels,
                 height=data.height, width=data.width, mean=mean, std=std,
             ).to(dev, memory_format=torch.channels_last)
+        if audio:  # augmented clips come out as float32 waveforms, plain ones as int16: the model scales both
+            def prepare(xb: torch.Tensor) -> torch.Tensor:
+                return augment_audio(xb, generator=generator, shift=shift, noise=noise) if config.augment else xb
+        else:
+            image_shift = max(1, round(min(x_train.shape[2], x_train.shape[3]) * SHIFT_FRACTION))
+
+            def prepare(xb: torch.Tensor) -> torch.Tensor:
+                if config.augment:
+                    xb = augment_batch(xb, generator=generator, shift=image_shift)
+                return xb.contiguous(memory_format=torch.channels_last)
         # Copied before SpecAugment gets the run's generator: the average only ever evaluates.
         average = WeightAverage(model, config.ema) if config.ema > 0 else None
         if audio:
@@ -866,13 +847,8 @@ def train(
                     perm = torch.randperm(len(x_train), generator=generator, device=dev)
                     generator.set_state(at.generator_state)
                 at.segment_start = time.monotonic()
-                if audio:
-                    batches = audio_epoch_batches(
-                        x_train, y_train, perm, batch_size=micro.batch_size, generator=generator,
-                        augment=config.augment, shift=shift, noise=noise, skip=at.position)
-                else:
-                    batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size,
-                                            generator=generator, augment=config.augment, skip=at.position)
+                batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size, prepare=prepare,
+                                        skip=at.position)
                 stats = train_one_epoch(
                     model, batches, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
                     precision=precision, stats=at.stats, micro=micro, on_step=on_step, on_notice=notice,
