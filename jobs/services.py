@@ -420,9 +420,9 @@ def job_run(*, job_id: int) -> None:
                 data = load_dataset(default_storage.path(job.dataset.storage_dir))  # images or audio
                 _prepare_resume(job, checkpoint)
                 if config.synthetic_voices:  # synthesis takes seconds to minutes before the first step
-                    from ml.synthetic_speech import spoken_text
+                    from ml.synthetic_speech import synthetic_count
 
-                    spoken = sum(spoken_text(name) is not None for name in data.classes)
+                    spoken = synthetic_count(data.classes, 1)
                     job_add_notice(job=job, message=f"Adding {config.synthetic_voices} synthetic clips of each of "
                                                     f"{spoken} class names (spoken by espeak-ng) to the training "
                                                     "split before the first step.")

@@ -163,10 +163,11 @@ HYPERPARAMETERS: dict[str, Param] = {
         "the saved model use; smooths accuracy that jumps between epochs (0 = off). Typical: 0.99 to 0.999; "
         "higher averages over more steps.",
     ),
-    # Up to 1,000 a class: 35 Speech Commands words × 1,000 is 35,000 clips, ~1 GB and minutes of
-    # synthesis before the first step.
+    # Up to 5,000 a class: more kept helping on FSDD up to the 2,000 measured (docs/benchmarks.md),
+    # but every clip is 32 KB in memory and ~4 ms of synthesis before the first step: 35 Speech
+    # Commands words × 5,000 is 175,000 clips, 5.6 GB and ~12 minutes.
     "synthetic_voices": Param(
-        "int", _DEFAULTS["synthetic_voices"], 0, 1000,
+        "int", _DEFAULTS["synthetic_voices"], 0, 5000,
         help="Speech only: clips per class spoken by a speech synthesiser (espeak-ng: many voices, speeds, "
         "pitches, rooms and noises) saying the class name, added to the training split (0 = off). Use it when "
         "the class names are the words spoken (digits, commands): it helps recognise voices not in the data. "

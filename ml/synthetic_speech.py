@@ -262,14 +262,24 @@ def spoken_text(class_name: str) -> str | None:
     return text if re.search(r"[^\W_]", text) else None
 
 
+def synthetic_count(classes: Sequence[str], per_class: int) -> int:
+    """How many clips synthetic_voices makes for these classes."""
+    return per_class * sum(spoken_text(name) is not None for name in classes)
+
+
 def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_samples: int,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     progress: Callable[[int, int], None] | None = None,
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """per_class clips of every class whose name can be spoken (spoken_text), as int16
     N×clip_samples clips at 16 kHz (fit_length, like ingestion) and int64 labels (indices into
-    classes); progress(done, total) every 100 clips. The same arguments give the same clips."""
+    classes); progress(done, total) every 100 clips. The same arguments give the same clips.
+    `out`, an int16 array of the right shape (synthetic_count rows), receives the clips instead of
+    a new one: a caller appending them to other clips makes no second copy."""
     speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
     total = per_class * len(speakable)
-    x = np.zeros((total, clip_samples), dtype=np.int16)
+    if out is not None and (out.shape != (total, clip_samples) or out.dtype != np.int16):
+        raise ValueError(f"out must be int16 {(total, clip_samples)}, got {out.dtype} {out.shape}")
+    x = np.zeros((total, clip_samples), dtype=np.int16) if out is None else out
     y = np.zeros(total, dtype=np.int64)
     if not speakable:
         return x, y

@@ -628,13 +628,17 @@ class _Position:
 def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int) -> tuple[AudioData, int]:
     """data with per_class synthetic clips of each speakable class (ml.synthetic_speech) appended
     to its training split, and how many were added. Validation and test stay real recordings."""
-    from ml.synthetic_speech import SAMPLE_RATE, synthetic_voices  # loads espeak-ng: only when asked for
+    from ml.synthetic_speech import SAMPLE_RATE, synthetic_count, synthetic_voices  # loads espeak-ng: when asked
 
     if data.sample_rate != SAMPLE_RATE:
         raise ValueError(f"synthetic voices are made at {SAMPLE_RATE} Hz; the clips are at {data.sample_rate} Hz")
-    x, y = synthetic_voices(data.classes, per_class=per_class, seed=seed, clip_samples=data.clip_samples)
-    data = replace(data, x_train=np.concatenate([data.x_train, x]), y_train=np.concatenate([data.y_train, y]))
-    return data, len(x)
+    real = len(data.x_train)
+    added = synthetic_count(data.classes, per_class)
+    x = np.empty((real + added, data.clip_samples), dtype=np.int16)  # one array: thousands of clips add up
+    x[:real] = data.x_train
+    _, y = synthetic_voices(data.classes, per_class=per_class, seed=seed, clip_samples=data.clip_samples,
+                            out=x[real:])
+    return replace(data, x_train=x, y_train=np.concatenate([data.y_train, y])), added
 
 
 def train(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ml import AudioData, Cancelled, ConfigError, TrainConfig, train
-from ml.synthetic_speech import spoken_text, synthetic_voices
+from ml.synthetic_speech import spoken_text, synthetic_count, synthetic_voices
 from tests.audio_fixtures import CLASSES, clip_arrays
 
 CONFIG = {"arch": "crnn", "epochs": 2, "batch_size": 16, "lr": 3e-3, "synthetic_voices": 4}
@@ -35,6 +35,12 @@ def test_every_speakable_class_gets_its_clips_the_same_for_a_seed():
     assert np.array_equal(x, again) and np.array_equal(y, same_labels)
     other, _ = synthetic_voices(classes, per_class=3, seed=2, clip_samples=12_000)
     assert not np.array_equal(x, other)
+    assert synthetic_count(classes, 3) == 6
+    out = np.empty((6, 12_000), dtype=np.int16)  # filled in place: no second copy
+    filled, _ = synthetic_voices(classes, per_class=3, seed=1, clip_samples=12_000, out=out)
+    assert filled is out and np.array_equal(out, x)
+    with pytest.raises(ValueError, match="out must be int16"):
+        synthetic_voices(classes, per_class=3, seed=1, clip_samples=12_000, out=np.empty((5, 12_000), np.int16))
 
 
 def test_training_adds_them_to_the_training_split_only(data):
