@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from jobs.models import Job, MetricPoint
 from ml.nets import ARCHITECTURES
 from tests.webapp.test_registry import (  # noqa: F401 - shared fixtures
-    TINY_ARCH, _fresh_predictor_cache, dataset, job, make_job, model, png, train_result)
+    TINY_ARCH, dataset, job, make_job, model, png, train_result)
 from webapp.datasets.models import Dataset
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from drf_spectacular.validation import validate_schema
 
 from tests.webapp.test_api import alice_api, api, bob_api  # noqa: F401 - shared fixtures
 from tests.webapp.test_registry import (  # noqa: F401 - shared fixtures
-    _fresh_predictor_cache, dataset, make_job, png, train_result)
+    dataset, make_job, png, train_result)
 from tests.webapp.test_registry_versions import _no_slow_extras, write_dataset_files  # noqa: F401
 from webapp.datasets.models import Dataset
 from webapp.registry.models import TrainedModel

@@ -18,7 +18,6 @@ from django.utils import timezone
 from tests.jobs.test_faults import WAIT_S, faults  # noqa: F401 - the fixture: workers on their own queue
 from tests.webapp.test_batch import (  # noqa: F401 - fixtures
     LITTER,
-    _fresh_predictor_cache,
     image_members,
     image_model,
     on_chunk,

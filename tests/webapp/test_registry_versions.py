@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from tests.webapp.test_registry import (  # noqa: F401 - shared fixtures
-    TINY_ARCH, _fresh_predictor_cache, dataset, make_job, png, train_result)
+    TINY_ARCH, dataset, make_job, png, train_result)
 from webapp.registry import services
 from webapp.registry.models import TrainedModel
 from webapp.registry.services import model_directory, model_register
