@@ -17,6 +17,19 @@ def _one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def _no_synthetic_voices_unless_asked(request, monkeypatch):
+    """Speech training adds 1,000 espeak-ng clips per class by default; tests train on generated
+    tones named like words ("high", "low") in seconds, and must stay that fast and not depend on
+    speech synthesis. Tests of synthetic voices ask for them in their config; those of the defaults
+    themselves are marked speech_defaults. (The live stack's processes keep the real defaults:
+    integration tests give speech jobs their settings.)"""
+    if request.node.get_closest_marker("speech_defaults") is None:
+        from ml import config
+
+        monkeypatch.setitem(config.AUDIO_DEFAULTS, "synthetic_voices", 0)
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(request, settings):
     """PBKDF2 at full strength costs about a second per user on a shared CPU. Not with the live
     stack: its server checks passwords typed into the login form with the real settings."""

@@ -44,7 +44,8 @@ def test_upload_ingest_train_stream_store_and_predict_speech_through_the_api(liv
     assert [c["name"] for c in dataset["classes"]] == sorted(CLASSES)
     assert (dataset["info"]["sample_rate"], dataset["info"]["clip_samples"]) == (16_000, 16_000)
 
-    config = {"arch": "cnn_mel", "epochs": 8, "batch_size": 8, "lr": 0.003, "augment": True}
+    # Two synthetic clips per class: the real synthesis path, in seconds (the default is 1,000).
+    config = {"arch": "cnn_mel", "epochs": 8, "batch_size": 8, "lr": 0.003, "augment": True, "synthetic_voices": 2}
 
     def start_job() -> int:
         status, job = api.call("POST", "/api/jobs/", data={"dataset": dataset["id"], **config})
@@ -68,6 +69,7 @@ def test_upload_ingest_train_stream_store_and_predict_speech_through_the_api(liv
     assert model.kind == "audio" and model.classes == sorted(CLASSES)
     status, described = api.call("GET", f"/api/models/{model.pk}/")
     assert status == 200 and described["input_spec"]["kind"] == "audio"
+    assert described["metrics"]["synthetic_clips"] == 2 * len(CLASSES)
 
     for label in CLASSES:
         status, prediction = api.call("POST", f"/api/models/{model.pk}/predict/",

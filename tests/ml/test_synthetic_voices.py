@@ -77,3 +77,12 @@ def test_images_refuse_synthetic_voices(make_brightness_data):
     assert info.value.field == "synthetic_voices"
     with pytest.raises(ValueError, match="speech data"):
         train(TrainConfig(synthetic_voices=10, epochs=1), make_brightness_data(30, 9), device="cpu")
+
+
+@pytest.mark.speech_defaults
+def test_speech_trains_with_synthetic_voices_by_default_and_images_never():
+    from ml.config import config_defaults
+
+    assert config_defaults("audio")["synthetic_voices"] > 0  # speech: on (FSDD: +9 points on unseen voices)
+    assert config_defaults("image")["synthetic_voices"] == 0
+    assert TrainConfig.from_dict({}, modality="audio").synthetic_voices == config_defaults("audio")["synthetic_voices"]
