@@ -206,12 +206,14 @@ def test_the_heartbeat_of_a_run_that_lost_its_batch_does_not_renew_the_new_holde
     with LeaseHeartbeat(batches._held(old), name="old run") as heartbeat:
         time.sleep(0.3)
         beaten = BatchPrediction.objects.get(pk=batch.pk).heartbeat_at
-        long_ago = timezone.now() - timedelta(hours=1)
-        BatchPrediction.objects.filter(pk=batch.pk).update(lease="new-holder", heartbeat_at=long_ago)
+        # A fresh-looking time: an hour-old heartbeat was reaped (set to None) by a live stack's
+        # worker from an earlier test, whose reaper shares the test database.
+        earlier = timezone.now() - timedelta(seconds=2)
+        BatchPrediction.objects.filter(pk=batch.pk).update(lease="new-holder", heartbeat_at=earlier)
         time.sleep(0.3)
 
     assert beaten > old.heartbeat_at and heartbeat.lost is True
-    assert BatchPrediction.objects.get(pk=batch.pk).heartbeat_at == long_ago
+    assert BatchPrediction.objects.get(pk=batch.pk).heartbeat_at == earlier  # not renewed by the old run
 
 
 # --- A real worker, killed --------------------------------------------------------------------------
