@@ -268,11 +268,10 @@ def synthetic_count(classes: Sequence[str], per_class: int) -> int:
 
 
 def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_samples: int,
-                     progress: Callable[[int, int], None] | None = None,
                      out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """per_class clips of every class whose name can be spoken (spoken_text), as int16
     N×clip_samples clips at 16 kHz (fit_length, like ingestion) and int64 labels (indices into
-    classes); progress(done, total) every 100 clips. The same arguments give the same clips.
+    classes). The same arguments give the same clips.
     `out`, an int16 array of the right shape (synthetic_count rows), receives the clips instead of
     a new one: a caller appending them to other clips makes no second copy."""
     speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
@@ -287,8 +286,6 @@ def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_
     for n, (k, _, wave) in enumerate(clips):
         x[n] = to_int16(fit_length(wave, clip_samples)[0])
         y[n] = speakable[k][0]
-        if progress is not None and ((n + 1) % 100 == 0 or n + 1 == total):
-            progress(n + 1, total)
     return x, y
 
 
