@@ -73,6 +73,12 @@ def parse_value(text: str):
         return text  # bare strings: --set optimizer=sgd
 
 
+def top_confusions(confusion: list[list[int]], classes: list[str], count: int = 5) -> str:
+    """The largest off-diagonal cells of a confusion matrix (rows: true class), "6→8 12"."""
+    cells = [(n, true, heard) for true, row in enumerate(confusion) for heard, n in enumerate(row) if true != heard]
+    return ", ".join(f"{classes[t]}→{classes[h]} {n}" for n, t, h in sorted(cells, reverse=True)[:count] if n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
@@ -133,6 +139,7 @@ def main() -> None:
             train_acc = result.metrics["train_acc"] * 100
             print(f"  held out {held_out:<10} acc {acc * 100:5.1f} %  train acc {train_acc:5.1f} %"
                   f"  {wall:5.2f} min wall  {cpu:5.2f} min CPU   (val per epoch: {curve})", flush=True)
+            print(f"    most confused (heard as, of 50): {top_confusions(result.confusion, classes)}", flush=True)
             accs.append(acc)
             minutes.append(wall)
             cpu_minutes.append(cpu)
@@ -140,7 +147,8 @@ def main() -> None:
                 with args.out.open("a") as f:
                     f.write(json.dumps({"arch": arch, "held_out": held_out, "acc": acc, "wall_min": wall,
                                         "cpu_min": cpu, "config": config.to_dict(), "arch_args": arch_args,
-                                        "history": [h["val_acc"] for h in result.history]}) + "\n")
+                                        "history": [h["val_acc"] for h in result.history],
+                                        "confusion": result.confusion}) + "\n")
         summary.append((arch, float(np.mean(accs)), float(np.min(accs)), float(np.mean(cpu_minutes)),
                         float(np.mean(minutes)), len(accs)))
     # CPU minutes are the comparable figure on a shared machine; wall minutes depend on the load.

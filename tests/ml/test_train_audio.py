@@ -43,8 +43,10 @@ def data():
 
 
 # Recipes that separate the three fixture classes (low tone, high tone, chirp) in seconds on CPU.
+# seed_lstm's is the slow, gentle one: with 15 epochs at lr 1e-2 it reached 0.3-0.6 for seeds 0-3
+# (it passed by luck of the draws); 30 at 3e-3 reaches 0.83-1.0.
 RECIPES = {
-    "seed_lstm": {"epochs": 15, "lr": 1e-2, "batch_size": 8},
+    "seed_lstm": {"epochs": 30, "lr": 3e-3, "batch_size": 8},
     "cnn_mel": {"epochs": 6, "lr": 1e-2, "batch_size": 16},
     "crnn": {"epochs": 5, "lr": 3e-3, "batch_size": 16},
 }
