@@ -11,7 +11,6 @@ changes, like a user picking it in the form) and prints validation accuracy and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import parse_value  # noqa: E402
 from ml import ARCHITECTURES, ImageData, TrainConfig, train  # noqa: E402
 from ml.images import decode_image  # noqa: E402
 from ml.train import available_cpus  # noqa: E402
@@ -57,13 +57,6 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return rng.permutation(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # bare strings: --set optimizer=sgd
 
 
 def main() -> None:

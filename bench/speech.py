@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,44 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ml.audio import SAMPLE_RATE, decode_audio, fit_length  # noqa: E402
+from bench.common import FSDD, load_fsdd, parse_value  # noqa: E402
+from ml.audio import SAMPLE_RATE  # noqa: E402
 from ml.config import TrainConfig, config_defaults  # noqa: E402
 from ml.data import AudioData  # noqa: E402
 from ml.nets import architectures_for  # noqa: E402
 from ml.train import available_cpus, train  # noqa: E402
-
-ARCHIVE = Path("/work/shared/datasets/fsdd-digits.zip")
-NAME = re.compile(r"(?:^|/)(\d)_([a-z]+)_(\d+)\.wav$")
-
-
-def load_fsdd(path: Path, *, clip_samples: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int16 N×clip_samples clips at 16 kHz, digit labels and speaker names, in file-name order."""
-    if cache is not None and cache.exists():
-        saved = np.load(cache)
-        return saved["x"], saved["y"], saved["speaker"]
-    clips, labels, speakers = [], [], []
-    with zipfile.ZipFile(path) as archive:
-        for name in sorted(archive.namelist()):
-            match = NAME.search(name)
-            if not match:
-                continue
-            wave = decode_audio(archive.read(name), sample_rate=SAMPLE_RATE)
-            wave, _ = fit_length(wave, clip_samples)
-            clips.append(np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16))
-            labels.append(int(match.group(1)))
-            speakers.append(match.group(2))
-    x, y, speaker = np.stack(clips), np.array(labels, dtype=np.int64), np.array(speakers)
-    if cache is not None:
-        np.savez(cache, x=x, y=y, speaker=speaker)
-    return x, y, speaker
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # bare strings: --set optimizer=sgd
-
 
 def top_confusions(confusion: list[list[int]], classes: list[str], count: int = 5) -> str:
     """The largest off-diagonal cells of a confusion matrix (rows: true class), "6→8 12"."""
@@ -81,7 +47,7 @@ def top_confusions(confusion: list[list[int]], classes: list[str], count: int = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--archive", type=Path, default=FSDD)
     parser.add_argument("--archs", default=",".join(architectures_for("audio")),
                         help="comma-separated speech architectures (default: all)")
     parser.add_argument("--folds", default="", help="comma-separated held-out speakers (default: all six)")

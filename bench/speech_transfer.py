@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -32,20 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ml.audio import SAMPLE_RATE, decode_audio, fit_length  # noqa: E402
+from bench.common import FSDD, load_fsdd, parse_value  # noqa: E402
+from ml.audio import SAMPLE_RATE, decode_audio, fit_length, to_int16  # noqa: E402
 from ml.config import TrainConfig, config_defaults  # noqa: E402
 from ml.data import AudioData  # noqa: E402
 from ml.nets import DEFAULT_ARCH  # noqa: E402
 from ml.synthetic_speech import DIGITS, RECIPE, write_digits_archive  # noqa: E402
 from ml.train import available_cpus, train  # noqa: E402
 
-FSDD = Path("/work/shared/datasets/fsdd-digits.zip")
-FSDD_NAME = re.compile(r"(?:^|/)(\d)_([a-z]+)_(\d+)\.wav$")
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s, the ingest default
-
-
-def to_int16(wave: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def load_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -59,20 +53,6 @@ def load_synthetic(path: Path) -> tuple[np.ndarray, np.ndarray]:
             clips.append(to_int16(wave))
             labels.append(DIGITS.index(name.split("/")[0]))
     return np.stack(clips), np.array(labels, dtype=np.int64)
-
-
-def load_fsdd(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int16 N×1 s clips at 16 kHz, digit labels and speaker names, in file-name order."""
-    clips, labels, speakers = [], [], []
-    with zipfile.ZipFile(path) as archive:
-        for name in sorted(archive.namelist()):
-            match = FSDD_NAME.search(name)
-            if match:
-                wave, _ = fit_length(decode_audio(archive.read(name)), CLIP_SAMPLES)
-                clips.append(to_int16(wave))
-                labels.append(int(match.group(1)))
-                speakers.append(match.group(2))
-    return np.stack(clips), np.array(labels, dtype=np.int64), np.array(speakers)
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +72,6 @@ def predict(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarr
             wave = torch.from_numpy(x[i:i + batch].astype(np.float32) / 32768.0)
             out.append(model(wave).argmax(1).numpy())
     return np.concatenate(out)
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from django.utils.timezone import now
 
 from jobs import events
 from jobs.models import Job, MetricPoint
-from jobs.selectors import job_list_for_user, job_queue_estimate  # noqa: F401 - re-exported for callers
+from jobs.selectors import job_queue_estimate
 from webapp.datasets.models import Dataset
 from webapp.ownership import owned_by
 

@@ -14,7 +14,7 @@ from PIL import Image
 from jobs.models import Job
 from webapp.datasets import services
 from webapp.datasets.models import Dataset
-from webapp.datasets.services import dataset_create, dataset_delete, dataset_ingest
+from webapp.datasets.services import dataset_create, dataset_ingest
 
 pytestmark = pytest.mark.django_db
 
