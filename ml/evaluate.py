@@ -27,7 +27,7 @@ from PIL import Image
 
 from ml.audio import encode_wav, from_int16, spectrogram_png
 from ml.data import AudioData, ImageData
-from ml.train import EVAL_BATCH, _layout, cpu_threads, resolve_device
+from ml.train import EVAL_BATCH, cpu_threads, input_layout, resolve_device
 
 REPORT_DIR = "report"  # under the model's folder; the evaluation dict names files relative to that folder
 CALIBRATION_BINS = 15  # Guo et al.'s choice; enough bins to see a trend, few enough to fill on small splits
@@ -54,7 +54,7 @@ def predict_probabilities(model: torch.nn.Module, data: ImageData | AudioData, *
                 x = torch.from_numpy(from_int16(chunk))
             else:
                 x = torch.from_numpy(chunk).permute(0, 3, 1, 2)  # NHWC -> NCHW
-            out.append(torch.softmax(net(_layout(x.to(dev))).float(), dim=1).cpu().numpy())
+            out.append(torch.softmax(net(input_layout(x.to(dev))).float(), dim=1).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -581,7 +581,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=precision.device)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            xb = _layout(x[start : start + batch_size])
+            xb = input_layout(x[start : start + batch_size])
             yb = y[start : start + batch_size]
             with precision.autocast():
                 logits = model(xb)
@@ -593,7 +593,7 @@ def evaluate(
     return loss_sum.item() / len(x), accuracy, matrix.tolist()
 
 
-def _layout(x: torch.Tensor) -> torch.Tensor:
+def input_layout(x: torch.Tensor) -> torch.Tensor:
     """Images go through the convolutions channels_last; clips are plain N×L."""
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
