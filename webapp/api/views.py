@@ -184,17 +184,11 @@ class JobCancel(APIView):
                    409: OpenApiResponse(s.ErrorSerializer, description="The job has already finished.")},
     )
     def post(self, request, pk: int):
-        from jobs.services import JobStateError, job_cancel
-
-        job = get_owned_or_404(Job, request.user, pk)
-        try:
-            job_cancel(job=job)
-        except JobStateError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(s.JobSerializer(_jobs_for(request.user).get(pk=pk)).data)
+        return _job_action(request, pk, "job_cancel")
 
 
-def _restart(request, pk: int, service_name: str) -> Response:
+def _job_action(request, pk: int, service_name: str) -> Response:
+    """Cancel, resume or retry: the jobs.services function of that name; 409 when the job's state forbids it."""
     from jobs import services
 
     job = get_owned_or_404(Job, request.user, pk)
@@ -217,7 +211,7 @@ class JobResume(APIView):
         request=None, responses={200: s.JobSerializer, 404: NOT_FOUND, 409: NOT_RESTARTABLE},
     )
     def post(self, request, pk: int):
-        return _restart(request, pk, "job_resume")
+        return _job_action(request, pk, "job_resume")
 
 
 class JobRetry(APIView):
@@ -227,7 +221,7 @@ class JobRetry(APIView):
         request=None, responses={200: s.JobSerializer, 404: NOT_FOUND, 409: NOT_RESTARTABLE},
     )
     def post(self, request, pk: int):
-        return _restart(request, pk, "job_retry")
+        return _job_action(request, pk, "job_retry")
 
 
 class JobClone(APIView):
