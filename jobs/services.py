@@ -248,6 +248,13 @@ def job_checkpoint_path(job_id: int) -> Path:
     return Path(default_storage.path(f"jobs/{job_id}/checkpoint.pt"))
 
 
+def synthetic_cache_dir() -> Path:
+    """MEDIA_ROOT/cache/synthetic-voices: the clips of the speech `synthetic_voices` setting, kept
+    between jobs (ml.synthetic_speech.ClipCache, at most a few GB) so that a resume, or another job
+    on the same class names and seed, reads them instead of waiting for espeak-ng again."""
+    return Path(default_storage.path("cache/synthetic-voices"))
+
+
 def job_has_checkpoint(job: Job) -> bool:
     return job_checkpoint_path(job.id).is_file()
 
@@ -426,18 +433,22 @@ def job_run(*, job_id: int) -> None:
                     job_add_notice(job=job, message=f"Adding {config.synthetic_voices} synthetic clips of each of "
                                                     f"{spoken} class names (spoken by espeak-ng) to the training "
                                                     "split before the first step.")
+
+                def run() -> ml.TrainResult:
+                    return ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,
+                                    checkpoint_interval_s=settings.JOB_CHECKPOINT_EVERY_S,
+                                    synthetic_cache=synthetic_cache_dir())
+
                 callback.started = time.monotonic()
                 try:
-                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,
-                                      checkpoint_interval_s=settings.JOB_CHECKPOINT_EVERY_S)
+                    result = run()
                 except ml.CheckpointError as exc:
                     # A checkpoint from other code or settings, or a torn file: start again from scratch.
                     logger.warning("Job %s: checkpoint not usable (%s); training from the start", job.id, exc)
                     checkpoint.unlink(missing_ok=True)
                     _prepare_resume(job, checkpoint, note=f"The checkpoint could not be used ({exc}); training "
                                                           "started again from the first epoch.")
-                    result = ml.train(config, data, callbacks=[callback], device=device, checkpoint_path=checkpoint,
-                                      checkpoint_interval_s=settings.JOB_CHECKPOINT_EVERY_S)
+                    result = run()
                 callback.log_cost()
                 from webapp.registry.services import model_register
 

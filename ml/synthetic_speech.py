@@ -20,14 +20,18 @@ comes from the seed, and the zip members carry a fixed timestamp.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import importlib.metadata
 import io
+import json
 import os
 import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
@@ -268,25 +272,102 @@ def synthetic_count(classes: Sequence[str], per_class: int) -> int:
 
 
 def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_samples: int,
-                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     out: np.ndarray | None = None, cache_dir: str | os.PathLike | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """per_class clips of every class whose name can be spoken (spoken_text), as int16
     N×clip_samples clips at 16 kHz (fit_length, like ingestion) and int64 labels (indices into
     classes). The same arguments give the same clips.
     `out`, an int16 array of the right shape (synthetic_count rows), receives the clips instead of
-    a new one: a caller appending them to other clips makes no second copy."""
+    a new one: a caller appending them to other clips makes no second copy.
+    With `cache_dir`, the clips are kept there (one .npy per set of arguments, see ClipCache) and
+    read back instead of spoken again: 10,000 clips cost espeak-ng about 2.5 CPU minutes."""
     speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
     total = per_class * len(speakable)
     if out is not None and (out.shape != (total, clip_samples) or out.dtype != np.int16):
         raise ValueError(f"out must be int16 {(total, clip_samples)}, got {out.dtype} {out.shape}")
     x = np.zeros((total, clip_samples), dtype=np.int16) if out is None else out
-    y = np.zeros(total, dtype=np.int64)
+    # render_words interleaves the words: clip n is of speakable word n % len(speakable).
+    y = np.tile(np.array([k for k, _ in speakable], dtype=np.int64), per_class)
     if not speakable:
         return x, y
-    clips = render_words([text for _, text in speakable], per_class=per_class, seed=seed)
-    for n, (k, _, wave) in enumerate(clips):
+    texts = [text for _, text in speakable]
+    cache = ClipCache(cache_dir) if cache_dir is not None else None
+    key = _cache_key(texts, per_class=per_class, seed=seed, clip_samples=clip_samples)
+    if cache is not None and cache.read(key, into=x):
+        return x, y
+    for n, (_, _, wave) in enumerate(render_words(texts, per_class=per_class, seed=seed)):
         x[n] = to_int16(fit_length(wave, clip_samples)[0])
-        y[n] = speakable[k][0]
+    if cache is not None:
+        cache.write(key, x)
     return x, y
+
+
+# Part of every cache key: bump it when the same arguments start giving other clips (a change to
+# render_word, the recipe's meaning or fit_length) so old entries are never read again.
+CACHE_FORMAT = 1
+CACHE_MAX_BYTES = 4 << 30  # 10,000 one-second clips take 320 MB
+
+
+def _cache_key(texts: Sequence[str], *, per_class: int, seed: int, clip_samples: int) -> str:
+    try:
+        espeak = importlib.metadata.version("espeakng-loader")  # the library and voice data that speak
+    except importlib.metadata.PackageNotFoundError:
+        espeak = "unknown"
+    blob = json.dumps({"format": CACHE_FORMAT, "texts": list(texts), "per_class": per_class, "seed": seed,
+                       "clip_samples": clip_samples, "recipe": asdict(RECIPE), "espeak": espeak}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class ClipCache:
+    """Rendered clip sets as int16 .npy files named by their key, in one folder shared by every
+    worker on the machine. Written to a temporary name and renamed into place, so a reader sees a
+    whole file or none; two workers filling the same entry at once both write the same bytes.
+    Least recently used entries are deleted once the folder holds more than max_bytes. A file that
+    cannot be read as the expected array is ignored (and replaced by the next write)."""
+
+    def __init__(self, folder: str | os.PathLike, *, max_bytes: int = CACHE_MAX_BYTES):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+
+    def read(self, key: str, *, into: np.ndarray) -> bool:
+        path = self.folder / f"{key}.npy"
+        try:
+            clips = np.load(path, mmap_mode="r", allow_pickle=False)
+            if clips.shape != into.shape or clips.dtype != into.dtype:
+                return False
+            into[:] = clips
+            os.utime(path)  # recently used: pruned last
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def write(self, key: str, clips: np.ndarray) -> None:
+        target = self.folder / f"{key}.npy"
+        partial = self.folder / f"{key}.{os.getpid()}.tmp"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as f:
+                np.save(f, clips, allow_pickle=False)
+            os.replace(partial, target)
+        except OSError as exc:  # a full or read-only disk costs the next run time, not this one its clips
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            warnings.warn(f"synthetic clips not cached in {self.folder}: {exc}", RuntimeWarning, stacklevel=2)
+            return
+        self.prune(keep=key)
+
+    def prune(self, *, keep: str) -> None:
+        entries = []
+        for path in self.folder.glob("*.npy"):
+            with contextlib.suppress(OSError):  # another worker may be pruning too
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        used = 0
+        for _, size, path in sorted(entries, reverse=True):  # newest first
+            used += size
+            if used > self.max_bytes and path.stem != keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -625,9 +625,11 @@ class _Position:
         return self.train_time_s + (now - self.segment_start if self.position else 0.0)
 
 
-def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int) -> tuple[AudioData, int]:
+def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int,
+                          cache_dir: str | os.PathLike | None = None) -> tuple[AudioData, int]:
     """data with per_class synthetic clips of each speakable class (ml.synthetic_speech) appended
-    to its training split, and how many were added. Validation and test stay real recordings."""
+    to its training split, and how many were added. Validation and test stay real recordings.
+    With cache_dir, the clips are read from there when they were made before (and kept there)."""
     from ml.synthetic_speech import SAMPLE_RATE, synthetic_count, synthetic_voices  # loads espeak-ng: when asked
 
     if data.sample_rate != SAMPLE_RATE:
@@ -637,7 +639,7 @@ def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int) -> tupl
     x = np.empty((real + added, data.clip_samples), dtype=np.int16)  # one array: thousands of clips add up
     x[:real] = data.x_train
     _, y = synthetic_voices(data.classes, per_class=per_class, seed=seed, clip_samples=data.clip_samples,
-                            out=x[real:])
+                            out=x[real:], cache_dir=cache_dir)
     return replace(data, x_train=x, y_train=np.concatenate([data.y_train, y])), added
 
 
@@ -650,6 +652,7 @@ def train(
     progress_interval: float = 0.25,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_interval_s: float | None = None,
+    synthetic_cache: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a classifier on `data` (images or speech clips: `data.modality`; the architecture must
     be one for that modality, else ValueError). Every callback gets every ProgressEvent; one raising
@@ -669,6 +672,9 @@ def train(
     and its epoch events with epoch > info["epoch"] (info = read_checkpoint_info(path)). A
     checkpoint that cannot be read or belongs to other data or settings raises CheckpointError.
     The file is left in place when training ends: the caller removes it.
+
+    `synthetic_cache`: a folder where the clips of `config.synthetic_voices` are kept between runs
+    (ml.synthetic_speech.ClipCache): a resume or a second run on the same classes reads them back.
     """
     modality = getattr(data, "modality", "image")
     if not isinstance(config, TrainConfig):
@@ -698,8 +704,9 @@ def train(
     synthetic = 0
     if config.synthetic_voices:
         # After the fingerprint: it covers the dataset, and the config says what was added. The
-        # clips depend only on the classes, the count and the seed, so a resume makes them again.
-        data, synthetic = with_synthetic_voices(data, per_class=config.synthetic_voices, seed=config.seed)
+        # clips depend only on the classes, the count and the seed, so a resume makes (or reads) them again.
+        data, synthetic = with_synthetic_voices(data, per_class=config.synthetic_voices, seed=config.seed,
+                                                cache_dir=synthetic_cache)
     with cpu_threads(dev):
         seed_everything(config.seed)
         if dev.type == "cuda":

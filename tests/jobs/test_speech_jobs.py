@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 
 from jobs.models import Job
-from jobs.services import job_create, job_run
+from jobs.services import job_create, job_run, synthetic_cache_dir
 from tests.audio_fixtures import CLASSES, speech_archive
 from tests.jobs.conftest import make_ready_dataset
 from webapp.datasets.models import Dataset
@@ -216,6 +216,8 @@ def test_a_job_on_an_ingested_speech_dataset_trains_and_stores_a_speech_model(al
     # espeak-ng spoke each class name twice into the training split; the model page says so.
     assert model.metrics["synthetic_clips"] == 2 * len(CLASSES)
     assert "Adding 2 synthetic clips of each of 3 class names" in job.notices[0]["message"]
+    # ... and kept them for the next job on these class names (a resume reads them back too).
+    assert len(list(synthetic_cache_dir().glob("*.npy"))) == 1
     page = alice_client.get(reverse("models:detail", args=[model.pk])).text
     assert f"plus {2 * len(CLASSES)} synthetic clips spoken by espeak-ng" in page
 

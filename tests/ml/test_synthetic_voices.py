@@ -1,11 +1,14 @@
 """Synthetic voices as a speech training option: espeak-ng speaks each class name into the training split."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from ml import AudioData, Cancelled, ConfigError, TrainConfig, train
-from ml.synthetic_speech import spoken_text, synthetic_count, synthetic_voices
+from ml import synthetic_speech
+from ml.synthetic_speech import ClipCache, spoken_text, synthetic_count, synthetic_voices
 from tests.audio_fixtures import CLASSES, clip_arrays
 
 CONFIG = {"arch": "crnn", "epochs": 2, "batch_size": 16, "lr": 3e-3, "synthetic_voices": 4}
@@ -43,6 +46,53 @@ def test_every_speakable_class_gets_its_clips_the_same_for_a_seed():
         synthetic_voices(classes, per_class=3, seed=1, clip_samples=12_000, out=np.empty((5, 12_000), np.int16))
 
 
+def test_clips_are_kept_in_the_cache_and_read_back_instead_of_spoken_again(tmp_path, monkeypatch):
+    classes = ["yes", "no"]
+    x, y = synthetic_voices(classes, per_class=2, seed=3, clip_samples=8_000, cache_dir=tmp_path)
+    [entry] = tmp_path.glob("*.npy")
+    render_words = synthetic_speech.render_words
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("spoken again")
+
+    monkeypatch.setattr(synthetic_speech, "render_words", refuse)
+    out = np.empty_like(x)
+    again, labels = synthetic_voices(classes, per_class=2, seed=3, clip_samples=8_000, cache_dir=tmp_path, out=out)
+    assert again is out and np.array_equal(again, x) and np.array_equal(labels, y)
+    for other in ({"seed": 4}, {"clip_samples": 9_000}, {"per_class": 3}):  # other arguments, other clips
+        with pytest.raises(AssertionError, match="spoken again"):
+            synthetic_voices(classes, **{"per_class": 2, "seed": 3, "clip_samples": 8_000, **other}, cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="spoken again"):
+        synthetic_voices(["yes", "maybe"], per_class=2, seed=3, clip_samples=8_000, cache_dir=tmp_path)
+
+    entry.write_bytes(b"torn")  # unreadable: spoken again and the entry replaced
+    monkeypatch.setattr(synthetic_speech, "render_words", render_words)
+    spoken, _ = synthetic_voices(classes, per_class=2, seed=3, clip_samples=8_000, cache_dir=tmp_path)
+    assert np.array_equal(spoken, x) and np.array_equal(np.load(entry), x)
+
+
+def test_the_cache_drops_its_least_recently_used_entries_beyond_its_size(tmp_path):
+    clips = np.zeros((4, 1_000), dtype=np.int16)  # 8 kB + the .npy header each
+    cache = ClipCache(tmp_path, max_bytes=30_000)
+    for age, key in enumerate(["old", "used", "new"]):
+        cache.write(key, clips)
+        os.utime(tmp_path / f"{key}.npy", (1_000 + age, 1_000 + age))
+    assert cache.read("old", into=np.empty_like(clips))  # a read makes it the most recently used
+    cache.write("newest", clips)  # 3 entries fit in 30 kB, 4 do not: the least recently used goes
+    assert sorted(p.stem for p in tmp_path.glob("*.npy")) == ["new", "newest", "old"]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert not cache.read("used", into=np.empty_like(clips))
+    assert not cache.read("new", into=np.empty((3, 1_000), dtype=np.int16))  # another shape is not this entry
+
+
+def test_a_cache_that_cannot_be_written_only_warns(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder would be")
+    with pytest.warns(RuntimeWarning, match="not cached"):
+        x, _ = synthetic_voices(["yes"], per_class=1, seed=0, clip_samples=8_000, cache_dir=blocked / "cache")
+    assert np.abs(x).max() > 300
+
+
 def test_training_adds_them_to_the_training_split_only(data):
     plain = train({**CONFIG, "synthetic_voices": 0, "epochs": 1}, data, device="cpu")
     result = train({**CONFIG, "epochs": 1}, data, device="cpu")
@@ -56,6 +106,7 @@ def test_training_adds_them_to_the_training_split_only(data):
 
 def test_a_run_with_synthetic_voices_resumes_bit_identically(data, tmp_path):
     expected = train(CONFIG, data, device="cpu", progress_interval=0)
+    cache = tmp_path / "voices"
     path = tmp_path / "run.ckpt"
 
     def cancel(event):
@@ -63,8 +114,11 @@ def test_a_run_with_synthetic_voices_resumes_bit_identically(data, tmp_path):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[cancel])
-    resumed = train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path)
+        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[cancel],
+              synthetic_cache=cache)
+    assert len(list(cache.glob("*.npy"))) == 1
+    # The resume reads the clips back: the same clips, so the same run.
+    resumed = train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, synthetic_cache=cache)
     assert resumed.history == [{**h, "elapsed_s": r["elapsed_s"], "samples_per_s": r["samples_per_s"]}
                                for h, r in zip(expected.history, resumed.history, strict=True)]
     for (name, a), b in zip(resumed.model.state_dict().items(), expected.model.state_dict().values(), strict=True):
