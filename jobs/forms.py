@@ -15,7 +15,7 @@ from django import forms
 from webapp.datasets.models import Dataset
 
 LABELS = {"lr": "Learning rate", "arch": "Architecture", "ema": "Weight averaging (EMA decay)",
-          "synthetic_voices": "Synthetic voices per class"}
+          "synthetic_voices": "Synthetic voices per class", "mixup": "Mixup (Beta α)"}
 KIND_GROUPS = {"image": "For images", "audio": "For speech"}  # the arch select's groups
 
 

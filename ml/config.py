@@ -43,6 +43,8 @@ class TrainConfig:
     # Speech only: clips per class that espeak-ng speaks (the class name, ml.synthetic_speech),
     # added to the training split; 0 = off. Images: always 0. Speech: see AUDIO_DEFAULTS.
     synthetic_voices: int = 0
+    # Speech only: mixup's Beta(α, α) parameter, 0 = off. Images: always 0. Speech: see AUDIO_DEFAULTS.
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -179,6 +181,13 @@ HYPERPARAMETERS: dict[str, Param] = {
         "pitches, rooms and noises) saying the class name, added to the training split. It helps recognise "
         "voices the dataset lacks, when the class names are the words spoken (digits, commands): set 0 for "
         "other sounds. Class names starting with _ are not spoken. Without them, train about 15 epochs.",
+        modality="audio",
+    ),
+    "mixup": Param(
+        "float", _DEFAULTS["mixup"], 0.0, 1.0,
+        help="Speech only: mixup blends every training clip with another clip of the batch, and their "
+        "labels in the same proportion (a share drawn from Beta(mixup, mixup)); 0 = off. Helps recognise "
+        "voices the dataset lacks. Typical: 0.2 to 0.4.",
         modality="audio",
     ),
 }

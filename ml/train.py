@@ -143,7 +143,8 @@ class RunningStats:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss_sum += loss.detach().float() * len(y)
-        self.correct += (logits.argmax(1) == y).sum()
+        labels = y.argmax(1) if y.ndim == 2 else y  # mixup targets: the larger share is the row's own label
+        self.correct += (logits.argmax(1) == labels).sum()
         self.count += len(y)
 
     def means(self) -> tuple[float, float]:
@@ -316,6 +317,22 @@ def augment_audio(
     return (wave * gain).clamp_(-1.0, 1.0)
 
 
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, *, alpha: float, num_classes: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., 2018) on a float batch: every input becomes λ·x + (1 − λ)·x[perm] with
+    a random pairing perm and one λ per batch from Beta(alpha, alpha), folded to λ ≥ 0.5 so that
+    each row's own label keeps the larger share; targets are the same blend of one-hot labels
+    (N×C). λ comes from a NumPy generator seeded by `generator`, so runs repeat and resume exactly
+    (torch has no seeded Beta sampler)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.randperm(len(y), generator=generator, device=generator.device).to(x.device)
+    onehot = nn.functional.one_hot(y, num_classes).float()
+    return lam * x + (1.0 - lam) * x[perm], lam * onehot + (1.0 - lam) * onehot[perm]
+
+
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     index = torch.where(index < 0, -index, index)
     index = torch.where(index >= size, 2 * (size - 1) - index, index)
@@ -344,11 +361,12 @@ def epoch_batches(
     perm: torch.Tensor,
     *,
     batch_size: int,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
+    prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's training batches in the order of `perm`, from batch number `skip` on (a resumed
-    epoch), each passed through `prepare` (augmentation, layout). A last batch of one sample is
+    epoch), each (inputs, labels) pair passed through `prepare` (augmentation, layout, mixup: it
+    returns inputs and the targets to train on, class indices or N×C probabilities). A last batch of one sample is
     dropped (batch norm cannot normalise a single value); reshuffling means a different one sits
     out each epoch.
 
@@ -361,7 +379,7 @@ def epoch_batches(
         idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1:
             break
-        yield prepare(x[idx]), y[idx]
+        yield prepare(x[idx], y[idx])
 
 
 def check_finite(loss: float, *, epoch: int, step: int) -> None:
@@ -695,8 +713,8 @@ def train(
             # Written before `ema` existed, so without an average: it resumes with any setting.
             saved["config"] = {**saved["config"], "ema": config.ema}
             average_missing = True
-        if isinstance(saved.get("config"), dict):  # written before synthetic voices: trained without
-            saved["config"] = {"synthetic_voices": 0, **saved["config"]}
+        if isinstance(saved.get("config"), dict):  # written before synthetic voices or mixup: trained without
+            saved["config"] = {"synthetic_voices": 0, "mixup": 0.0, **saved["config"]}
         check_matches(saved, config=config.to_dict(), fingerprint=fingerprint, path=checkpoint_path)
     started = time.monotonic() - (float(saved["elapsed_s"]) if saved else 0.0)
     if config.synthetic_voices and not audio:
@@ -745,15 +763,20 @@ def train(
                 height=data.height, width=data.width, mean=mean, std=std,
             ).to(dev, memory_format=torch.channels_last)
         if audio:  # augmented clips come out as float32 waveforms, plain ones as int16: the model scales both
-            def prepare(xb: torch.Tensor) -> torch.Tensor:
-                return augment_audio(xb, generator=generator, shift=shift, noise=noise) if config.augment else xb
+            def prepare(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                if config.augment:
+                    xb = augment_audio(xb, generator=generator, shift=shift, noise=noise)
+                if config.mixup:
+                    xb = xb.float() / 32768.0 if xb.dtype == torch.int16 else xb
+                    return mix_batch(xb, yb, alpha=config.mixup, num_classes=num_classes, generator=generator)
+                return xb, yb
         else:
             image_shift = max(1, round(min(x_train.shape[2], x_train.shape[3]) * SHIFT_FRACTION))
 
-            def prepare(xb: torch.Tensor) -> torch.Tensor:
+            def prepare(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 if config.augment:
                     xb = augment_batch(xb, generator=generator, shift=image_shift)
-                return xb.contiguous(memory_format=torch.channels_last)
+                return xb.contiguous(memory_format=torch.channels_last), yb
         # Copied before SpecAugment gets the run's generator: the average only ever evaluates.
         average = WeightAverage(model, config.ema) if config.ema > 0 else None
         if audio:

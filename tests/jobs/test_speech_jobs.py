@@ -171,16 +171,16 @@ def test_submitting_the_form_for_a_speech_dataset_queues_a_speech_job(alice, ali
     assert "Clips / s" in alice_client.get(response.url).text
 
 
-def test_synthetic_voices_are_a_speech_only_setting(alice, alice_client, dataset, queued):
+@pytest.mark.parametrize("name, value", [("synthetic_voices", 50), ("mixup", 0.3)])
+def test_speech_only_settings_are_refused_for_images(name, value, alice, alice_client, dataset, queued):
     html = alice_client.get(reverse("jobs:new") + f"?dataset={dataset.pk}").text
-    field = re.search(r'<input[^>]*name="synthetic_voices"[^>]*>', html).group(0)
-    assert 'data-only-for="audio"' in field and 'value="0"' in field  # the page's script hides it for images
+    field = re.search(rf'<input[^>]*name="{name}"[^>]*>', html).group(0)
+    assert 'data-only-for="audio"' in field and re.search(r'value="0(\.0)?"', field)  # hidden for images
 
     with pytest.raises(ValidationError) as info:
-        job_create(user=alice, dataset=dataset, config={"synthetic_voices": 50})
-    assert "speech datasets only" in info.value.message_dict["synthetic_voices"][0]
-    assert job_create(user=alice, dataset=audio_dataset(alice), config={"synthetic_voices": 50}).config[
-        "synthetic_voices"] == 50
+        job_create(user=alice, dataset=dataset, config={name: value})
+    assert "speech datasets only" in info.value.message_dict[name][0]
+    assert job_create(user=alice, dataset=audio_dataset(alice), config={name: value}).config[name] == value
     assert not Job.objects.filter(dataset=dataset).exists()
 
 

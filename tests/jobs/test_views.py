@@ -118,7 +118,7 @@ def test_submitting_the_form_queues_the_job_and_opens_its_page(alice, alice_clie
     assert job.owner == alice and job.status == Job.Status.QUEUED
     assert job.config == {"arch": "seed_cnn", "epochs": 2, "batch_size": 8, "lr": 0.003, "optimizer": "adamw",
                           "weight_decay": 0.05, "augment": False, "label_smoothing": 0.1, "seed": 0,
-                          "ema": 0.0, "synthetic_voices": 0}
+                          "ema": 0.0, "synthetic_voices": 0, "mixup": 0.0}
     assert queued == [job.pk]
     assert f"Job {job.pk} is queued" in alice_client.get(response.url).text
 

@@ -17,7 +17,7 @@ from ml import (
     read_checkpoint_info,
     train,
 )
-from ml.train import AUDIO_CLIP_GRAD_NORM, SPEED_RANGE, augment_audio, feature_stats
+from ml.train import AUDIO_CLIP_GRAD_NORM, SPEED_RANGE, augment_audio, feature_stats, mix_batch
 from tests.audio_fixtures import CLASSES, clip_arrays, tone
 
 train_module = importlib.import_module("ml.train")  # `ml.train` is the function, once ml is imported
@@ -134,6 +134,24 @@ def test_audio_augmentation_stretches_shifts_mixes_and_scales_reproducibly():
     assert torch.equal(silent, torch.zeros(4, 1_000))
 
 
+def test_mixup_blends_each_input_with_another_and_its_targets_alike():
+    n, classes = 12, 4
+    x = torch.eye(n)  # row i is input i alone: a blend shows which inputs went into it, and how much
+    y = torch.arange(n) % classes
+    mixed, targets = mix_batch(x, y, alpha=0.4, num_classes=classes, generator=torch.Generator().manual_seed(3))
+    assert targets.shape == (n, classes) and torch.allclose(targets.sum(1), torch.ones(n))
+    own = mixed.diagonal()
+    assert (own >= 0.5).all() and torch.equal(targets.argmax(1), y)  # each row keeps the larger share
+    lam = own.min().item()
+    assert lam < 1.0  # with Beta(0.4, 0.4) at this seed, a real blend
+    assert torch.allclose(mixed @ torch.nn.functional.one_hot(y, classes).float(), targets)  # same weights
+    partners = (mixed - torch.diag(own)).argmax(1)  # the other input in each row (when not itself)
+    assert len(set(partners.tolist())) > n // 2  # a shuffle, not one partner for all
+    again, _ = mix_batch(x, y, alpha=0.4, num_classes=classes, generator=torch.Generator().manual_seed(3))
+    other, _ = mix_batch(x, y, alpha=0.4, num_classes=classes, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(mixed, again) and not torch.equal(mixed, other)
+
+
 def test_feature_stats_are_per_row_and_sampled():
     from ml.nets import build_audio_frontend
 
@@ -166,7 +184,10 @@ def test_the_same_seed_trains_the_same_speech_model(data):
 
 # ---- checkpoints: a speech run resumes bit-identically on CPU, augmentation and SpecAugment included
 
-RESUME_CONFIG = TrainConfig.from_dict({"arch": "crnn", "epochs": 2, "batch_size": 32}, modality="audio")
+# Built at import, before the autouse fixture turns synthetic voices off: off here, or every run
+# would first have espeak-ng speak 3,000 clips. Mixup on: its draws must resume exactly too.
+RESUME_CONFIG = TrainConfig.from_dict({"arch": "crnn", "epochs": 2, "batch_size": 32, "synthetic_voices": 0,
+                                       "mixup": 0.4}, modality="audio")
 PER_EPOCH = 3  # 90 clips in batches of 32: 32, 32, 26
 METRICS = ("epoch", "step", "total_steps", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
