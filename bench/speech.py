@@ -60,7 +60,7 @@ def main() -> None:
                         help="decoded clips are kept here between runs (outside the project)")
     parser.add_argument("--synthetic-cache", type=Path,
                         help="keep the synthetic clips in this folder and reuse them across folds and runs "
-                             "(outside the project; CPU minutes then leave out espeak-ng's ~2.5 per fold)")
+                             "(outside the project; CPU minutes then leave out the ~1 of synthesis per fold)")
     parser.add_argument("--out", type=Path, help="append one JSON line per fold to this file")
     args = parser.parse_args()
     if args.threads:

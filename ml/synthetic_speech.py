@@ -280,7 +280,7 @@ def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_
     `out`, an int16 array of the right shape (synthetic_count rows), receives the clips instead of
     a new one: a caller appending them to other clips makes no second copy.
     With `cache_dir`, the clips are kept there (one .npy per set of arguments, see ClipCache) and
-    read back instead of spoken again: 10,000 clips cost espeak-ng about 2.5 CPU minutes."""
+    read back instead of spoken again: 10,000 clips cost about a CPU minute (espeak-ng, resampling, rooms, noise)."""
     speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
     total = per_class * len(speakable)
     if out is not None and (out.shape != (total, clip_samples) or out.dtype != np.int16):
