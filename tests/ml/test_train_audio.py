@@ -288,7 +288,7 @@ def test_config_defaults_per_modality_come_from_one_table():
     assert image == TrainConfig().to_dict()
     assert audio["arch"] in architectures_for("audio")
     assert set(HYPERPARAMETERS["arch"].choices) == set(architectures_for("image") + architectures_for("audio"))
-    TrainConfig.from_dict(audio)  # every speech default passes the table's checks
+    TrainConfig.from_dict(audio, modality="audio")  # every speech default passes the table's checks
     with pytest.raises(ValueError, match="Unknown modality 'text'"):
         config_defaults("text")
 
