@@ -291,15 +291,20 @@ def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_
     if not speakable:
         return x, y
     texts = [text for _, text in speakable]
-    cache = ClipCache(cache_dir) if cache_dir is not None else None
-    key = _cache_key(texts, per_class=per_class, seed=seed, clip_samples=clip_samples)
-    if cache is not None and cache.read(key, into=x):
+    if cache_dir is None:
+        _speak(texts, per_class=per_class, seed=seed, into=x)
         return x, y
-    for n, (_, _, wave) in enumerate(render_words(texts, per_class=per_class, seed=seed)):
-        x[n] = to_int16(fit_length(wave, clip_samples)[0])
-    if cache is not None:
+    cache = ClipCache(cache_dir)
+    key = _cache_key(texts, per_class=per_class, seed=seed, clip_samples=clip_samples)
+    if not cache.read(key, into=x):
+        _speak(texts, per_class=per_class, seed=seed, into=x)
         cache.write(key, x)
     return x, y
+
+
+def _speak(texts: Sequence[str], *, per_class: int, seed: int, into: np.ndarray) -> None:
+    for n, (_, _, wave) in enumerate(render_words(texts, per_class=per_class, seed=seed)):
+        into[n] = to_int16(fit_length(wave, into.shape[1])[0])
 
 
 # Part of every cache key: bump it when the same arguments start giving other clips (a change to

@@ -123,7 +123,7 @@ def test_serve_starts_the_web_server_and_a_worker_and_ctrl_c_stops_both(tmp_path
         serve.send_signal(signal.SIGINT)
         try:
             serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # seen once in a full run under load: say what it was doing
+        except subprocess.TimeoutExpired:  # say what the script was doing, not only that it hung
             pytest.fail(f"scripts/serve still running 60 s after Ctrl-C; its output:\n{output}")
     finally:
         if serve.poll() is None:  # the test failed: leave nothing running all the same
