@@ -38,7 +38,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         pass  # the feed is one-way (cancelling is a POST, so it gets CSRF protection): ignore input
 
     async def job_progress(self, event):
-        await self.send_json({"type": "progress", "job": event["job"], "point": event.get("point")})
+        await self.send_json({"type": "progress", "job": event["job"], "point": event.get("point"),
+                              "phase": event.get("phase")})
 
     async def job_status(self, event):
         message = {"type": "status", "job": event["job"]}

@@ -562,7 +562,8 @@ class _TrainingCallback:
             job_add_notice(job=self.job, message=getattr(event, "message", "") or "Training settings changed.",
                            epoch=event.epoch, step=event.step)
             return
-        if not job_record_progress(job=self.job, event=event):
+        record = job_record_preparation if event.kind == "prepare" else job_record_progress
+        if not record(job=self.job, event=event):
             raise ml.Cancelled(f"Job {self.job.id} is no longer running")
         clock = time.monotonic()
         if clock >= self.next_cancel_check:
@@ -653,6 +654,18 @@ class _Throttle:
 
 
 _throttle = _Throttle()
+
+
+def job_record_preparation(*, job: Job, event: ProgressEvent) -> bool:
+    """Push how far the work before the first step is (a "prepare" event: synthetic voices being
+    spoken). Live only, nothing stored: a page opened meanwhile shows it from the next report, a
+    second or two later. Returns False when the job is no longer running, like job_record_progress."""
+    if not Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease).exists():
+        return False
+    phase = {"message": event.message, "progress": _finite_or_none(event.fraction)}
+    events.push_job_event(job.id, events.PROGRESS, {"job": job_snapshot(job), "point": None, "phase": phase},
+                          wait=False)
+    return True
 
 
 def job_record_progress(*, job: Job, event: ProgressEvent) -> bool:

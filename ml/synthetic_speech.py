@@ -273,6 +273,7 @@ def synthetic_count(classes: Sequence[str], per_class: int) -> int:
 
 def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_samples: int,
                      out: np.ndarray | None = None, cache_dir: str | os.PathLike | None = None,
+                     progress: Callable[[int, int], None] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
     """per_class clips of every class whose name can be spoken (spoken_text), as int16
     N×clip_samples clips at 16 kHz (fit_length, like ingestion) and int64 labels (indices into
@@ -280,7 +281,10 @@ def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_
     `out`, an int16 array of the right shape (synthetic_count rows), receives the clips instead of
     a new one: a caller appending them to other clips makes no second copy.
     With `cache_dir`, the clips are kept there (one .npy per set of arguments, see ClipCache) and
-    read back instead of spoken again: 10,000 clips cost about a CPU minute (espeak-ng, resampling, rooms, noise)."""
+    read back instead of spoken again: 10,000 clips cost about a CPU minute (espeak-ng, resampling, rooms, noise).
+    `progress(done, total)` is called while clips are spoken (every PROGRESS_EVERY clips, and after
+    the last), not when they are read back; an exception it raises (a cancel) stops the speaking,
+    and nothing is cached."""
     speakable = [(k, text) for k, name in enumerate(classes) if (text := spoken_text(name)) is not None]
     total = per_class * len(speakable)
     if out is not None and (out.shape != (total, clip_samples) or out.dtype != np.int16):
@@ -292,19 +296,27 @@ def synthetic_voices(classes: Sequence[str], *, per_class: int, seed: int, clip_
         return x, y
     texts = [text for _, text in speakable]
     if cache_dir is None:
-        _speak(texts, per_class=per_class, seed=seed, into=x)
+        _speak(texts, per_class=per_class, seed=seed, into=x, progress=progress)
         return x, y
     cache = ClipCache(cache_dir)
     key = _cache_key(texts, per_class=per_class, seed=seed, clip_samples=clip_samples)
     if not cache.read(key, into=x):
-        _speak(texts, per_class=per_class, seed=seed, into=x)
+        _speak(texts, per_class=per_class, seed=seed, into=x, progress=progress)
         cache.write(key, x)
     return x, y
 
 
-def _speak(texts: Sequence[str], *, per_class: int, seed: int, into: np.ndarray) -> None:
+# How often synthetic_voices reports progress: 250 clips are about a second and a half of CPU.
+PROGRESS_EVERY = 250
+
+
+def _speak(texts: Sequence[str], *, per_class: int, seed: int, into: np.ndarray,
+           progress: Callable[[int, int], None] | None) -> None:
+    total = len(into)
     for n, (_, _, wave) in enumerate(render_words(texts, per_class=per_class, seed=seed)):
         into[n] = to_int16(fit_length(wave, into.shape[1])[0])
+        if progress is not None and ((n + 1) % PROGRESS_EVERY == 0 or n + 1 == total):
+            progress(n + 1, total)
 
 
 # Part of every cache key: bump it when the same arguments start giving other clips (a change to

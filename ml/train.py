@@ -85,7 +85,9 @@ class Diverged(ValueError):
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    kind: str  # "step" (at most every progress_interval seconds), "epoch" (every epoch end) or "notice"
+    # "step" (at most every progress_interval seconds), "epoch" (every epoch end), "notice", or
+    # "prepare" (before the first step, while training data is made: synthetic voices)
+    kind: str
     epoch: int  # 1-based
     epochs: int
     step: int  # optimizer steps so far
@@ -100,7 +102,10 @@ class ProgressEvent:
     # kind="notice" only: something the user should know that changed the run, in their words
     # ("Out of GPU memory at batch 256: continuing with 2 × 128"). A notice's train_loss/acc are
     # the latest known (NaN before the first step); it is not a point of the curves.
+    # kind="prepare": what is being made and how far ("Speaking synthetic voices: 2,500 of
+    # 10,000 clips"), with the share done in `fraction` (0..1); not a point of the curves either.
     message: str = ""
+    fraction: float | None = None
 
 
 @dataclass
@@ -644,10 +649,12 @@ class _Position:
 
 
 def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int,
-                          cache_dir: str | os.PathLike | None = None) -> tuple[AudioData, int]:
+                          cache_dir: str | os.PathLike | None = None,
+                          progress: Callable[[int, int], None] | None = None) -> tuple[AudioData, int]:
     """data with per_class synthetic clips of each speakable class (ml.synthetic_speech) appended
     to its training split, and how many were added. Validation and test stay real recordings.
-    With cache_dir, the clips are read from there when they were made before (and kept there)."""
+    With cache_dir, the clips are read from there when they were made before (and kept there).
+    progress(done, total): see synthetic_voices."""
     from ml.synthetic_speech import SAMPLE_RATE, synthetic_count, synthetic_voices  # loads espeak-ng: when asked
 
     if data.sample_rate != SAMPLE_RATE:
@@ -657,7 +664,7 @@ def with_synthetic_voices(data: AudioData, *, per_class: int, seed: int,
     x = np.empty((real + added, data.clip_samples), dtype=np.int16)  # one array: thousands of clips add up
     x[:real] = data.x_train
     _, y = synthetic_voices(data.classes, per_class=per_class, seed=seed, clip_samples=data.clip_samples,
-                            out=x[real:], cache_dir=cache_dir)
+                            out=x[real:], cache_dir=cache_dir, progress=progress)
     return replace(data, x_train=x, y_train=np.concatenate([data.y_train, y])), added
 
 
@@ -723,8 +730,19 @@ def train(
     if config.synthetic_voices:
         # After the fingerprint: it covers the dataset, and the config says what was added. The
         # clips depend only on the classes, the count and the seed, so a resume makes (or reads) them again.
+        def speaking(done: int, total: int) -> None:
+            # "prepare" events: the minute of speaking before the first step shows, and can be cancelled.
+            event = ProgressEvent(
+                kind="prepare", epoch=0, epochs=config.epochs, step=0, total_steps=0, train_loss=math.nan,
+                train_acc=math.nan, val_loss=None, val_acc=None, lr=config.lr, samples_per_s=0.0,
+                elapsed_s=time.monotonic() - started, message=f"Speaking synthetic voices: {done:,} of {total:,} clips",
+                fraction=done / total,
+            )
+            for callback in callbacks:
+                callback(event)
+
         data, synthetic = with_synthetic_voices(data, per_class=config.synthetic_voices, seed=config.seed,
-                                                cache_dir=synthetic_cache)
+                                                cache_dir=synthetic_cache, progress=speaking)
     with cpu_threads(dev):
         seed_everything(config.seed)
         if dev.type == "cuda":

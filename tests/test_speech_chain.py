@@ -57,6 +57,12 @@ def test_upload_ingest_train_stream_store_and_predict_speech_through_the_api(liv
 
     assert messages[0]["type"] == "history" and messages[0]["job"]["status"] == "queued"
     assert any(m["type"] == "status" and m["job"]["status"] == "running" for m in messages)
+    # Speaking the clips is reported live, before the first point.
+    spoken = 2 * len(CLASSES)
+    phases = [(i, m["phase"]) for i, m in enumerate(messages) if m["type"] == "progress" and m.get("phase")]
+    assert [p for _, p in phases] == [{"message": f"Speaking synthetic voices: {spoken} of {spoken} clips",
+                                       "progress": 1.0}]
+    assert phases[0][0] < min(i for i, m in enumerate(messages) if m["type"] == "progress" and m["point"])
     epochs = [m["point"]["epoch"] for m in messages if m["type"] == "progress" and m["point"] and m["point"]["kind"] == "epoch"]
     assert epochs == list(range(1, 9))
     assert messages[-1]["type"] == "status" and messages[-1]["job"]["status"] == "succeeded", messages[-1]

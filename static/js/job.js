@@ -2,7 +2,7 @@
 // "history" message (the job and its whole curve, from the database), then "progress" and
 // "status" messages. The socket reconnects with backoff; every (re)connect starts with history,
 // so a missed message is repaired by the next one. Points are deduplicated by (kind, step).
-// State for browser tests: window.perceptorJob = {job, status, points, connection, ...}.
+// State for browser tests: window.perceptorJob = {job, status, phase, points, connection, ...}.
 (function () {
   "use strict";
   const root = document.getElementById("job");
@@ -17,6 +17,7 @@
   const state = (window.perceptorJob = {
     job: initial,
     status: initial.status,
+    phase: null, // {message, progress} while the job prepares its data (see renderJob)
     points: [], // every point drawn, in arrival order
     connection: "connecting", // connecting | live | retrying | closed | not-found
     historyLoaded: false,
@@ -39,18 +40,22 @@
   const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
 
   // --- Rendering the job ------------------------------------------------------------------------
-  function renderJob(job) {
+  // phase: work before the first step ({message, progress}: synthetic voices being spoken), sent
+  // with progress messages while it lasts; its bar and words stand in for training's.
+  function renderJob(job, phase) {
     state.job = job;
     state.status = job.status;
+    state.phase = job.status === "running" && phase ? phase : null;
     const finished = FINISHED.includes(job.status);
     const badge = el("job-status");
     badge.className = "badge status-" + job.status;
     badge.textContent = job.cancel_requested && !finished ? "Cancelling" : LABELS[job.status] || job.status;
 
-    const progress = job.status === "succeeded" ? 1 : job.progress || 0;
+    const progress = state.phase ? state.phase.progress || 0 : job.status === "succeeded" ? 1 : job.progress || 0;
     el("job-progress").value = progress;
     const parts = [Math.floor(progress * 100) + " %"];
-    if (job.status === "running" && job.eta_s != null) parts.push(duration(job.eta_s) + " left");
+    if (state.phase) parts.push(state.phase.message);
+    else if (job.status === "running" && job.eta_s != null) parts.push(duration(job.eta_s) + " left");
     if (job.status === "queued") {
       let waiting = job.queue_position ? "#" + job.queue_position + " in the queue" : "waiting for a worker";
       if (job.starts_in_s != null) waiting += ", starts in about " + duration(job.starts_in_s);
@@ -171,7 +176,7 @@
       state.historyLoaded = true;
       redraw();
     } else if (message.type === "progress") {
-      renderJob(message.job);
+      renderJob(message.job, message.phase);
       if (message.point && addPoint(message.point)) redraw();
     } else if (message.type === "status") {
       renderJob(message.job);

@@ -169,3 +169,35 @@ def test_a_user_uploads_trains_watches_live_and_predicts_in_the_browser(live, br
         shot(page, f"phone-{name}")
 
     assert page.problems == []
+
+
+def test_the_job_page_shows_the_work_before_the_first_step_then_training_progress(live, browser_page, alice):
+    from django.utils.timezone import now
+
+    from jobs import events
+    from jobs.services import job_snapshot
+
+    page = browser_page
+    dataset = Dataset.objects.create(owner=alice, name="Digits", kind=Dataset.Kind.AUDIO, status=Dataset.Status.READY)
+    # A running job held by no worker: the pushes below come from this test, through Redis.
+    job = Job.objects.create(owner=alice, dataset=dataset, config={"arch": "crnn", "epochs": 2},
+                             status=Job.Status.RUNNING, lease="held-by-the-test", heartbeat_at=now())
+    page.goto(f"/login/?next=/jobs/{job.pk}/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("alice-pass-123")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_function("() => window.perceptorJob && window.perceptorJob.historyLoaded")
+
+    phase = {"message": "Speaking synthetic voices: 2,500 of 10,000 clips", "progress": 0.25}
+    events.push_job_event(job.id, events.PROGRESS, {"job": job_snapshot(job), "point": None, "phase": phase})
+    expect(page.locator("#job-progress-text")).to_have_text("25 % · Speaking synthetic voices: 2,500 of 10,000 clips")
+    assert page.evaluate("document.getElementById('job-progress').value") == 0.25
+    shot(page, "job-preparing")
+
+    # The first training report takes the bar and the words back.
+    Job.objects.filter(pk=job.pk).update(progress=0.1, step=1, total_steps=10, epoch=1, eta_s=90.0)
+    job.refresh_from_db()
+    events.push_job_event(job.id, events.PROGRESS, {"job": job_snapshot(job), "point": None})
+    expect(page.locator("#job-progress-text")).to_have_text("10 % · 1 min 30 s left")
+    assert page.evaluate("window.perceptorJob.phase") is None
+    assert page.problems == []

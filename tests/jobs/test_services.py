@@ -319,6 +319,36 @@ def test_cancelling_a_running_job_stops_training_at_the_next_check_and_ends_canc
     assert statuses == [("running", False), ("running", True), ("cancelled", True)]
 
 
+def prepare_event(done, total):
+    from dataclasses import replace
+
+    return replace(progress_event(epoch=0, step=0, total_steps=0, train_loss=math.nan, train_acc=math.nan),
+                   kind="prepare", message=f"Speaking synthetic voices: {done:,} of {total:,} clips",
+                   fraction=done / total)
+
+
+def test_preparation_is_pushed_as_a_phase_stored_nowhere_and_can_be_cancelled(alice, dataset, monkeypatch, pushes):
+    monkeypatch.setattr(services, "CANCEL_POLL_S", 0.0)
+    job = Job.objects.create(owner=alice, dataset=dataset, config=TINY_CONFIG)
+
+    def user_cancels(i):
+        if i == 2:
+            job_cancel(job=Job.objects.get(pk=job.pk))
+
+    train, _ = scripted_train([prepare_event(n, 10_000) for n in (2_500, 5_000, 7_500, 10_000)], during=user_cancels)
+    monkeypatch.setattr(ml, "train", train)
+
+    job_run(job_id=job.id)
+
+    phases = [p["phase"] for _, t, p in pushes if t == "job.progress"]
+    assert phases == [{"message": "Speaking synthetic voices: 2,500 of 10,000 clips", "progress": 0.25},
+                      {"message": "Speaking synthetic voices: 5,000 of 10,000 clips", "progress": 0.5},
+                      {"message": "Speaking synthetic voices: 7,500 of 10,000 clips", "progress": 0.75}]
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED  # at the first report after the cancel, not at a training step
+    assert job.progress == 0.0 and job.step == 0 and not job.points.exists()
+
+
 def test_cancelling_a_finished_job_is_refused_and_changes_nothing(alice, dataset):
     job = Job.objects.create(owner=alice, dataset=dataset, config=TINY_CONFIG, status=Job.Status.SUCCEEDED)
 

@@ -125,6 +125,36 @@ def test_a_run_with_synthetic_voices_resumes_bit_identically(data, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_speaking_reports_progress_and_a_cancel_stops_it_with_nothing_cached(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_speech, "PROGRESS_EVERY", 16)
+    total = 4 * len(CLASSES)  # 4 per class: 12 clips, so one report at the end only
+    reports = []
+    synthetic_voices(list(CLASSES), per_class=11, seed=0, clip_samples=8_000, progress=lambda *a: reports.append(a))
+    assert reports == [(16, 33), (32, 33), (33, 33)]
+
+    events = []
+    cache = tmp_path / "voices"
+    result = train({**CONFIG, "epochs": 1}, data, device="cpu", callbacks=[events.append], synthetic_cache=cache)
+    prepare = [e for e in events if e.kind == "prepare"]
+    assert [(e.message, e.fraction) for e in prepare] == [(f"Speaking synthetic voices: {total} of {total} clips", 1.0)]
+    assert events.index(prepare[-1]) < min(i for i, e in enumerate(events) if e.kind == "step")
+    assert result.metrics["synthetic_clips"] == total
+
+    # Read back from the cache: nothing to speak, nothing to report.
+    events.clear()
+    train({**CONFIG, "epochs": 1}, data, device="cpu", callbacks=[events.append], synthetic_cache=cache)
+    assert not [e for e in events if e.kind == "prepare"]
+
+    def cancel(event):
+        if event.kind == "prepare":
+            raise Cancelled
+
+    other = tmp_path / "other"
+    with pytest.raises(Cancelled):
+        train({**CONFIG, "epochs": 1}, data, device="cpu", callbacks=[cancel], synthetic_cache=other)
+    assert not list(other.glob("*.npy"))  # a cancelled speaking leaves no half-made cache entry
+
+
 def test_images_refuse_synthetic_voices(make_brightness_data):
     with pytest.raises(ConfigError, match="speech datasets") as info:
         TrainConfig.from_dict({"synthetic_voices": 10}, modality="image")
