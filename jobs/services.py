@@ -324,7 +324,7 @@ def _take_back(job: Job) -> int:
         return int(_finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
                            error=_poison_error(job)))
     with transaction.atomic():
-        requeued = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease).update(
+        requeued = _held(job).update(
             status=Job.Status.QUEUED, lease="", claimed_by="", heartbeat_at=None
         )
         if requeued:
@@ -376,7 +376,7 @@ class _Heartbeat(LeaseHeartbeat):
     """A running job's heartbeat; the training callback stops training once it is `lost`."""
 
     def __init__(self, job: Job) -> None:
-        held = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
+        held = _held(job)
         super().__init__(held, name=f"Job {job.id}")
 
 
@@ -656,11 +656,17 @@ class _Throttle:
 _throttle = _Throttle()
 
 
+def _held(job: Job):
+    """The job's row while it is still running under this worker's lease (an empty queryset once
+    it was cancelled, requeued by the reaper, or deleted)."""
+    return Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
+
+
 def job_record_preparation(*, job: Job, event: ProgressEvent) -> bool:
     """Push how far the work before the first step is (a "prepare" event: synthetic voices being
     spoken). Live only, nothing stored: a page opened meanwhile shows it from the next report, a
     second or two later. Returns False when the job is no longer running, like job_record_progress."""
-    if not Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease).exists():
+    if not _held(job).exists():
         return False
     phase = {"message": event.message, "progress": _finite_or_none(event.fraction)}
     events.push_job_event(job.id, events.PROGRESS, {"job": job_snapshot(job), "point": None, "phase": phase},
@@ -697,7 +703,7 @@ def job_record_progress(*, job: Job, event: ProgressEvent) -> bool:
         "samples_per_s": _finite_or_none(event.samples_per_s),
         "eta_s": _eta(event),
     }
-    running = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
+    running = _held(job)
     point = None
     if store:
         with transaction.atomic():  # the row and its point together

@@ -103,8 +103,9 @@ AUDIO_DEFAULTS: dict[str, Any] = {
     # Held-out-speaker accuracy jumped ±5 points between the last epochs: validate and keep the
     # weights' moving average instead. 0.99 spans ~100 steps (an EMA reaches back about
     # 1/(1 - decay) steps), measured when a FSDD epoch was ~40 steps (15 epochs, no synthetic
-    # voices): the low-learning-rate tail of the one-cycle schedule. Short runs are capped further (ml.train.WeightAverage). FSDD leave-
-    # one-speaker-out, crnn: smooth, nearly monotone curves; mean 81.8 -> 82.0 % (docs/benchmarks.md).
+    # voices): the low-learning-rate tail of the one-cycle schedule. Short runs are capped further
+    # (ml.train.WeightAverage). FSDD leave-one-speaker-out, crnn: smooth, nearly monotone curves;
+    # mean 81.8 -> 82.0 % (docs/benchmarks.md).
     "ema": 0.99,
     # espeak-ng speaks each class name 1,000 times (voices, speeds, pitches, rooms, noise) into the
     # training split: the voice variety a handful of speakers lacks. A speech dataset here is
