@@ -36,6 +36,7 @@ from bench.common import FSDD, load_fsdd, parse_value  # noqa: E402
 from ml.audio import SAMPLE_RATE  # noqa: E402
 from ml.config import TrainConfig, config_defaults  # noqa: E402
 from ml.data import AudioData  # noqa: E402
+from ml.evaluate import predict_probabilities  # noqa: E402
 from ml.nets import architectures_for  # noqa: E402
 from ml.train import available_cpus, train  # noqa: E402
 
@@ -62,6 +63,9 @@ def main() -> None:
                         help="keep the synthetic clips in this folder and reuse them across folds and runs "
                              "(outside the project; CPU minutes then leave out the ~1 of synthesis per fold)")
     parser.add_argument("--out", type=Path, help="append one JSON line per fold to this file")
+    parser.add_argument("--probs", type=Path,
+                        help="save each fold's held-out class probabilities here, as {arch}-seed{seed}-{speaker}.npy "
+                             "(500×10, the speaker's clips in archive order): models can be compared or averaged later")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +108,10 @@ def main() -> None:
             result = train(config, data, device="cpu", synthetic_cache=args.synthetic_cache)
             wall, cpu = (time.monotonic() - wall) / 60, (time.process_time() - cpu) / 60
             acc = result.metrics["val_acc"]
+            if args.probs:
+                args.probs.mkdir(parents=True, exist_ok=True)
+                probs = predict_probabilities(result.model, data)
+                np.save(args.probs / f"{arch}-seed{config.seed}-{held_out}.npy", probs)
             curve = " ".join(f"{h['val_acc'] * 100:.0f}" for h in result.history)
             train_acc = result.metrics["train_acc"] * 100
             print(f"  held out {held_out:<10} acc {acc * 100:5.1f} %  train acc {train_acc:5.1f} %"
