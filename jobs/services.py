@@ -265,6 +265,12 @@ def _poison_error(job: Job) -> str:
             "Check the worker's log; then Retry, or Clone it with a smaller batch size.")
 
 
+def _held(job: Job) -> QuerySet:
+    """The job's row while it is still running under this worker's lease (an empty queryset once
+    it was cancelled, requeued by the reaper, or deleted)."""
+    return Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
+
+
 def _claim(job_id: int, device_label: str) -> Job | None:
     """Take the job for this process: a queued one, or a running one whose holder is dead (a task
     delivered again after its worker was killed). Counts the attempt; a job out of attempts fails
@@ -324,9 +330,7 @@ def _take_back(job: Job) -> int:
         return int(_finish(job.id, from_status=Job.Status.RUNNING, lease=job.lease, status=Job.Status.FAILED,
                            error=_poison_error(job)))
     with transaction.atomic():
-        requeued = _held(job).update(
-            status=Job.Status.QUEUED, lease="", claimed_by="", heartbeat_at=None
-        )
+        requeued = _held(job).update(status=Job.Status.QUEUED, lease="", claimed_by="", heartbeat_at=None)
         if requeued:
             transaction.on_commit(lambda: _enqueue(job.id, job.queue))
     if requeued:
@@ -654,12 +658,6 @@ class _Throttle:
 
 
 _throttle = _Throttle()
-
-
-def _held(job: Job):
-    """The job's row while it is still running under this worker's lease (an empty queryset once
-    it was cancelled, requeued by the reaper, or deleted)."""
-    return Job.objects.filter(id=job.id, status=Job.Status.RUNNING, lease=job.lease)
 
 
 def job_record_preparation(*, job: Job, event: ProgressEvent) -> bool:
