@@ -1,4 +1,5 @@
 import logging
+import os
 import threading
 
 from celery import shared_task
@@ -31,6 +32,13 @@ def perceptor_worker(state) -> dict:
 # and a thread needs no extra process in `make run` or the tests. Several reapers are harmless:
 # every takeover is a conditional UPDATE on the job's lease.
 _reaper_stop = threading.Event()
+# The prefork pool forks a new child from this process whenever one dies. A child forked while the
+# reaper is inside a SQLite write inherits SQLite's in-process record of that lock, which nothing in
+# the child will ever release: its first write waits out the busy timeout and fails ("database is
+# locked"). So a fork waits for the reaper's round to end, and a round closes its connection.
+_reaper_round = threading.Lock()
+os.register_at_fork(before=_reaper_round.acquire, after_in_parent=_reaper_round.release,
+                    after_in_child=_reaper_round.release)
 
 
 def _reap_forever(interval: float) -> None:
@@ -40,15 +48,14 @@ def _reap_forever(interval: float) -> None:
     from webapp.datasets.services import dataset_reap  # ingests and batches use the same leases and heartbeats
     from webapp.registry.batch import batch_reap
 
-    try:
-        while not _reaper_stop.wait(interval):
+    while not _reaper_stop.wait(interval):
+        with _reaper_round:
             for reap in (job_reap, dataset_reap, batch_reap):
                 try:
                     reap()
                 except Exception:  # noqa: BLE001 - the database or broker is down: try again next round
                     logger.exception("The reaper (%s) failed; trying again in %s s", reap.__name__, interval)
-    finally:
-        connection.close()
+            connection.close()
 
 
 @worker_init.connect
@@ -65,10 +72,12 @@ def recover_and_start_reaper(sender, **kwargs) -> None:
     left behind by its previous life (killed, out of memory, machine restarted). Queue them again,
     then watch every running job's heartbeat from now on."""
     from django.conf import settings
+    from django.db import connection
 
     from jobs.services import job_requeue_orphans
 
     job_requeue_orphans(worker=sender.hostname, started_at=_BOOTED_AT)
+    connection.close()  # forks copy an open one (see _reaper_round)
     _reaper_stop.clear()
     threading.Thread(target=_reap_forever, args=(float(settings.JOB_REAP_EVERY_S),), name="job-reaper",
                      daemon=True).start()

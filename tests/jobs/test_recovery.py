@@ -1,7 +1,11 @@
 """Leases, heartbeats, the reaper, resume/retry/clone, notices and the queue estimate, in process.
 The same faults with real, killed worker processes are in test_faults.py."""
 
+import contextlib
+import os
 import socket
+import threading
+import time
 from datetime import timedelta
 
 import ml
@@ -302,3 +306,53 @@ def test_a_job_whose_worker_died_after_storing_the_model_finishes_without_traini
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED and job.progress == 1.0 and job.error == ""
     assert TrainedModel.objects.filter(job=job).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_child_forked_while_the_reaper_writes_can_still_write(alice, monkeypatch):
+    # The prefork pool forks a new child whenever one dies (a job that kills its worker). A child
+    # forked in the middle of a reaper's SQLite write used to inherit a lock nobody releases and fail
+    # every write with "database is locked"; the fork now waits for the reaper's round to end.
+    from django.contrib.auth.models import User
+    from django.db import connection, transaction
+
+    from jobs import tasks
+
+    holding = threading.Event()
+
+    def reap_holding_a_write():
+        if holding.is_set():
+            return
+        with transaction.atomic():
+            User.objects.filter(pk=alice.pk).update(first_name="reaper")
+            holding.set()
+            time.sleep(0.5)
+
+    monkeypatch.setattr(services, "job_reap", reap_holding_a_write)
+    reaper = threading.Thread(target=tasks._reap_forever, args=(0.01,))
+    reaper.start()
+    try:
+        assert holding.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: drop the parent's connection as Celery does, then write
+            code = 1
+            try:
+                # Closing the inherited socket first: a goodbye to PostgreSQL would end the parent's session.
+                with contextlib.suppress(AttributeError, OSError):
+                    os.close(connection.connection.fileno())
+                with contextlib.suppress(Exception):
+                    connection.close()
+                if connection.vendor == "sqlite":  # fail in seconds, not after the 30 s busy timeout
+                    connection.settings_dict["OPTIONS"] = {**connection.settings_dict["OPTIONS"], "timeout": 3}
+                User.objects.filter(pk=alice.pk).update(last_name="child")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        tasks._reaper_stop.set()
+        reaper.join(30)
+        tasks._reaper_stop.clear()
+
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child could not write"
+    assert User.objects.get(pk=alice.pk).last_name == "child"
