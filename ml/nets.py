@@ -475,7 +475,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 # What a new job uses when the user picks nothing (ml.config.config_defaults). Speech: crnn has
 # the best FSDD leave-one-speaker-out mean with the speech defaults (93.2 %, vs cnn_mel 92.8 % at
-# twice the CPU and seed_lstm 84.9 % on 4 folds; docs/benchmarks.md).
+# twice the CPU and seed_lstm 80.8 %; docs/benchmarks.md).
 DEFAULT_ARCH: dict[str, str] = {"image": "resnet", "audio": "crnn"}
 
 
