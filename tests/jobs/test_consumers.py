@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
+from django.utils.timezone import now
 
 from jobs.consumers import CLOSE_NOT_FOUND
 from jobs.models import Job, MetricPoint
@@ -29,7 +30,10 @@ def communicator(job_id, user) -> WebsocketCommunicator:
 
 @pytest.fixture
 def job(alice, dataset):
-    job = Job.objects.create(owner=alice, dataset=dataset, config=TINY_CONFIG, status=Job.Status.RUNNING, total_steps=8)
+    # Held by a worker with a live heartbeat, as a running job is: the rows are committed, and the
+    # reaper of an integration test's worker on the same database requeues a running job without one.
+    job = Job.objects.create(owner=alice, dataset=dataset, config=TINY_CONFIG, status=Job.Status.RUNNING, total_steps=8,
+                             lease="a-lease", claimed_by="another-host:4242", heartbeat_at=now())
     MetricPoint.objects.create(job=job, kind="step", epoch=1, step=1, train_loss=0.9, train_acc=0.4)
     MetricPoint.objects.create(job=job, kind="epoch", epoch=1, step=4, train_loss=0.6, train_acc=0.7, val_loss=0.5, val_acc=0.75)
     return job
