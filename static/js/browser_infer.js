@@ -1,6 +1,8 @@
 // "Run in your browser" on a model page: the model's ONNX export run by onnxruntime-web (the WASM
-// build, served from our static files, one thread since the page is not cross-origin isolated),
-// next to the server's answer to the same file. The input is prepared like the server prepares it
+// build, served from our static files, one thread since the page is not cross-origin isolated) in
+// its proxy worker, next to the server's answer to the same file. The worker keeps compiling the
+// runtime, optimising the graph and inference off the page's thread: a big model does not freeze
+// scrolling, the buttons or the recorder's level meter while it loads or runs. The input is prepared like the server prepares it
 // (ml/images.py decode_image, ml/audio.py decode_audio + fit_length), so a file already at the
 // model's size (an image of H×W pixels, a 16 kHz mono clip) gets the same probabilities to float
 // rounding (Chromium decodes positive 16-bit samples as x/32767, libsndfile as x/32768: under one
@@ -31,7 +33,7 @@
   });
   let session = null;
   let loading = null;
-  let lastFeeds = null;
+  let lastInput = null;  // {type, data, dims, fit}: what the model was given last
   let previewUrl = null;
 
   function setStatus(text) { status.textContent = text; }
@@ -67,18 +69,19 @@
     ort.env.wasm.wasmPaths = { mjs: form.dataset.ortMjs, wasm: form.dataset.ortWasm };
     // Threads need SharedArrayBuffer, which browsers only give cross-origin isolated pages.
     ort.env.wasm.numThreads = window.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    ort.env.wasm.proxy = true;  // a Worker started from ort.wasm.min.js itself (same origin: no blob URL)
     setStatus("Loading the model (" + megabytes(parseInt(form.dataset.modelBytes, 10)) + ") into this page…");
     const start = performance.now();
     const response = await fetch(form.dataset.modelUrl, { credentials: "same-origin" });
     if (!response.ok) throw new Error("the model file could not be downloaded (HTTP " + response.status + ")");
     const bytes = new Uint8Array(await response.arrayBuffer());
     state.fetchMs = performance.now() - start;
+    state.modelBytes = bytes.length;  // before create(): the proxy transfers the buffer to its worker
     const created = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     state.loadMs = performance.now() - start;
-    state.modelBytes = bytes.length;
-    setStatus("Model loaded in " + ms(state.loadMs) + " (" + megabytes(bytes.length) + " downloaded in " +
-      ms(state.fetchMs) + "), running on WebAssembly with " + ort.env.wasm.numThreads + " thread" +
-      (ort.env.wasm.numThreads > 1 ? "s" : "") + ".");
+    setStatus("Model loaded in " + ms(state.loadMs) + " (" + megabytes(state.modelBytes) + " downloaded in " +
+      ms(state.fetchMs) + "), running on WebAssembly in a background worker with " + ort.env.wasm.numThreads +
+      " thread" + (ort.env.wasm.numThreads > 1 ? "s" : "") + ".");
     session = created;
     return created;
   }
@@ -123,7 +126,7 @@
       for (let i = 0; i < plane; i++) gray.data.set([pixels[i], pixels[i], pixels[i], 255], 4 * i);
       context.putImageData(gray, 0, 0);
     }
-    return new ort.Tensor("uint8", pixels, [1, channels, height, width]);
+    return { type: "uint8", data: pixels, dims: [1, channels, height, width], fit: "" };
   }
 
   // --- Speech: like ml.audio.decode_audio + fit_length ----------------------------------------------
@@ -150,9 +153,7 @@
     if (!Number.isFinite(peak)) throw new Error("the clip contains NaN or infinite samples");
     if (peak > 1) for (let i = 0; i < wave.length; i++) wave[i] /= peak;  // float files beyond ±1
     const [fitted, how] = fitLength(wave, spec.clip_samples);
-    const tensor = new ort.Tensor("float32", fitted, [1, fitted.length]);
-    tensor.fit = how;
-    return tensor;
+    return { type: "float32", data: fitted, dims: [1, fitted.length], fit: how };
   }
 
   // ml.audio.fit_length: shorter clips are zero-padded on both sides (centred); longer ones keep
@@ -191,7 +192,9 @@
       .map((i) => ({ label: classes[i], probability: probabilities[i] }));
   }
 
-  async function run(feeds) {
+  async function run(prepared) {
+    // A fresh copy per run: the proxy transfers each input's buffer to its worker, detaching it here.
+    const feeds = { [session.inputNames[0]]: new ort.Tensor(prepared.type, prepared.data.slice(), prepared.dims) };
     const start = performance.now();
     const outputs = await session.run(feeds);
     const elapsed = performance.now() - start;
@@ -200,18 +203,17 @@
   }
 
   async function inBrowser(file) {
-    lastFeeds = null;
+    lastInput = null;
     const prepareStart = performance.now();
-    const tensor = await (audio ? waveTensor(file) : imageTensor(file));
+    const prepared = await (audio ? waveTensor(file) : imageTensor(file));
     const prepareMs = performance.now() - prepareStart;
-    const feeds = { [session.inputNames[0]]: tensor };
-    lastFeeds = feeds;
-    const first = await run(feeds);
+    lastInput = prepared;
+    const first = await run(prepared);
     const times = [];
-    for (let i = 0; i < TIMED_RUNS; i++) times.push((await run(feeds)).ms);
+    for (let i = 0; i < TIMED_RUNS; i++) times.push((await run(prepared)).ms);
     return {
       predictions: top(first.probabilities), probabilities: Array.from(first.probabilities),
-      firstMs: first.ms, medianMs: median(times), runsMs: times, prepareMs, fit: tensor.fit || "",
+      firstMs: first.ms, medianMs: median(times), runsMs: times, prepareMs, fit: prepared.fit,
     };
   }
 
@@ -321,7 +323,7 @@
     return state.last;
   }
 
-  state.input = () => (lastFeeds ? Array.from(Object.values(lastFeeds)[0].data) : null);
+  state.input = () => (lastInput ? Array.from(lastInput.data) : null);
 
   form.hidden = status.hidden = false;  // without JavaScript nothing here can run
   // A file the browser cannot show (or play): no broken icon.

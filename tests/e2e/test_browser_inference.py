@@ -167,6 +167,10 @@ def test_an_image_model_answers_the_same_in_the_browser_as_on_the_server(live, l
         assert_agree(last, exact=True)
         assert np.array_equal(model_input(page), server_pixels(path, colour))  # the very same pixels
     expect(page.locator("#browser-status")).to_contain_text("Model loaded in")
+    expect(page.locator("#browser-status")).to_contain_text("in a background worker")
+    # The runtime runs in onnxruntime-web's proxy worker (a Worker started from ort.wasm.min.js),
+    # not on the page's thread.
+    assert [w.url for w in page.workers if "/vendor/onnxruntime-web/ort.wasm" in w.url], [w.url for w in page.workers]
     state = page.evaluate("() => ({loadMs: window.perceptorBrowser.loadMs, bytes: window.perceptorBrowser.modelBytes})")
     assert state["bytes"] == colour.exports["onnx"]["bytes"] and state["loadMs"] > 0
     expect(page.locator("#browser-list li")).to_have_count(5)
