@@ -2,12 +2,12 @@
 // build, served from our static files, one thread since the page is not cross-origin isolated) in
 // its proxy worker, next to the server's answer to the same file. The worker keeps compiling the
 // runtime, optimising the graph and inference off the page's thread: a big model does not freeze
-// scrolling, the buttons or the recorder's level meter while it loads or runs. The input is prepared like the server prepares it
-// (ml/images.py decode_image, ml/audio.py decode_audio + fit_length), so a file already at the
-// model's size (an image of H×W pixels, a 16 kHz mono clip) gets the same probabilities to float
-// rounding (Chromium decodes positive 16-bit samples as x/32767, libsndfile as x/32768: under one
-// step of 16-bit audio); other sizes go through the browser's resampler, not Pillow's or
-// torchaudio's, and may differ slightly.
+// scrolling, the buttons or the recorder's level meter while it loads or runs. The input is
+// prepared like the server prepares it (ml/images.py decode_image, ml/audio.py decode_audio +
+// fit_length), so a file already at the model's size (an image of H×W pixels, a 16 kHz mono clip)
+// gets the same probabilities to float rounding (Chromium decodes positive 16-bit samples as
+// x/32767, libsndfile as x/32768: under one step of 16-bit audio); other sizes go through the
+// browser's resampler, not Pillow's or torchaudio's, and may differ slightly.
 // Inputs: a file; for images a camera snapshot, for speech a recording (recorder.js, which sends
 // "perceptor:recorded" to this form). The session is created once, on first use.
 // State for browser tests: window.perceptorBrowser = {state ("idle", "running", "ready"), loadMs,
