@@ -239,13 +239,16 @@ def channel_stats(x: np.ndarray, *, seed: int, sample: int = STATS_SAMPLE) -> tu
 
 
 def feature_stats(
-    frontend: AudioFeatures, x: np.ndarray, *, seed: int, sample: int = AUDIO_STATS_SAMPLE, batch: int = 256
+    frontend: AudioFeatures, x: np.ndarray, *, seed: int, sample: int = AUDIO_STATS_SAMPLE, batch: int = 256,
+    rows: np.ndarray | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per-feature-row mean and std of the front end's features over a sample of int16 N×L clips
-    (on the CPU, float64 sums): the speech counterpart of channel_stats."""
-    n = len(x)
-    if n > sample:
-        x = x[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+    (on the CPU, float64 sums): the speech counterpart of channel_stats. `rows`: the row indices an
+    epoch draws, repeats included (epoch_rows), so the statistics weigh clips as training does."""
+    rows = np.arange(len(x)) if rows is None else rows
+    if len(rows) > sample:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), sample, replace=False))]
+    x = x[rows]
     total = total_sq = None
     count = 0
     with torch.inference_mode():
@@ -369,7 +372,8 @@ def epoch_batches(
     prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch's training batches in the order of `perm`, from batch number `skip` on (a resumed
+    """One epoch's training batches in the order of `perm` (row indices; a row may come more than
+    once: epoch_rows), from batch number `skip` on (a resumed
     epoch), each (inputs, labels) pair passed through `prepare` (augmentation, layout, mixup: it
     returns inputs and the targets to train on, class indices or N×C probabilities). A last batch of one sample is
     dropped (batch norm cannot normalise a single value); reshuffling means a different one sits
@@ -379,7 +383,7 @@ def epoch_batches(
     done, so the generator's state after a step is exactly what a resumed epoch needs. The whole
     batch is augmented at once, before any split into micro-batches: the random draws, and so the
     data, do not depend on gradient accumulation."""
-    n = len(x)
+    n = len(perm)
     for start in range(skip * batch_size, n, batch_size):
         idx = perm[start : start + batch_size]
         if len(idx) == 1 and n > 1:
@@ -393,6 +397,19 @@ def check_finite(loss: float, *, epoch: int, step: int) -> None:
         raise Diverged(
             f"Training diverged at epoch {epoch}, step {step} (loss is {loss}). Try a lower learning rate."
         )
+
+
+def epoch_rows(real: int, synthetic: int) -> np.ndarray | None:
+    """The training rows one epoch goes through, before its shuffle, when `synthetic` clips follow
+    `real` recordings; None for every row once (no synthetic clips). The recordings are repeated
+    until they make about half of the epoch. The synthetic voices give variety, but the
+    recordings are what a test sounds like. FSDD leave-one-speaker-out, crnn, 1,000 synthetic clips
+    a digit beside 2,500 recordings (4 repeats), 14 instead of 25 epochs for about the same steps:
+    93.7 % mean against 93.2 % with the recordings once (docs/benchmarks.md)."""
+    if not synthetic or not real:
+        return None
+    repeats = max(1, round(synthetic / real))
+    return np.concatenate([np.tile(np.arange(real), repeats), np.arange(real, real + synthetic)])
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -743,6 +760,7 @@ def train(
 
         data, synthetic = with_synthetic_voices(data, per_class=config.synthetic_voices, seed=config.seed,
                                                 cache_dir=synthetic_cache, progress=speaking)
+    rows = epoch_rows(len(data.x_train) - synthetic, synthetic)
     with cpu_threads(dev):
         seed_everything(config.seed)
         if dev.type == "cuda":
@@ -754,7 +772,7 @@ def train(
             mean, std = list(saved["mean"]), list(saved["std"])
         elif audio:
             frontend = build_audio_frontend(config.arch, sample_rate=data.sample_rate)
-            mean, std = feature_stats(frontend, data.x_train, seed=config.seed)
+            mean, std = feature_stats(frontend, data.x_train, seed=config.seed, rows=rows)
         else:
             mean, std = channel_stats(data.x_train, seed=config.seed)
         to_device = to_device_clips if audio else to_device_tensor
@@ -802,7 +820,13 @@ def train(
             model.specaugment.generator = generator
         optimizer = make_optimizer(model, config)
         micro = MicroBatching(batch_size=min(config.batch_size, len(x_train)))
-        per_epoch = steps_per_epoch(len(x_train), micro.batch_size)
+        rows_t = None if rows is None else torch.as_tensor(rows, device=dev)
+        per_epoch = steps_per_epoch(len(x_train) if rows is None else len(rows), micro.batch_size)
+
+        def shuffle() -> torch.Tensor:
+            if rows_t is None:
+                return torch.randperm(len(x_train), generator=generator, device=dev)
+            return rows_t[torch.randperm(len(rows_t), generator=generator, device=dev)]
         total_steps = per_epoch * config.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total_steps))
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -891,12 +915,12 @@ def train(
             for epoch in range(at.epoch + 1, config.epochs + 1):
                 if at.position == 0:
                     at.epoch_generator_state = generator.get_state()
-                    perm = torch.randperm(len(x_train), generator=generator, device=dev)
+                    perm = shuffle()
                     at.generator_state = generator.get_state()
                     at.stats = RunningStats(dev)
                 else:  # resumed inside this epoch: redraw its shuffle, then carry on from the saved step
                     generator.set_state(at.epoch_generator_state)
-                    perm = torch.randperm(len(x_train), generator=generator, device=dev)
+                    perm = shuffle()
                     generator.set_state(at.generator_state)
                 at.segment_start = time.monotonic()
                 batches = epoch_batches(x_train, y_train, perm, batch_size=micro.batch_size, prepare=prepare,

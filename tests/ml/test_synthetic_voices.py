@@ -9,6 +9,7 @@ import torch
 from ml import AudioData, Cancelled, ConfigError, TrainConfig, train
 from ml import synthetic_speech
 from ml.synthetic_speech import ClipCache, spoken_text, synthetic_count, synthetic_voices
+from ml.train import epoch_rows
 from tests.audio_fixtures import CLASSES, clip_arrays
 
 CONFIG = {"arch": "crnn", "epochs": 2, "batch_size": 16, "lr": 3e-3, "synthetic_voices": 4}
@@ -104,21 +105,31 @@ def test_training_adds_them_to_the_training_split_only(data):
     assert len(data.x_train) == 27  # the caller's data is left as it was
 
 
+def test_the_recordings_are_repeated_to_about_half_of_each_epoch(data):
+    assert epoch_rows(27, 0) is None  # nothing spoken: every row once, as for images
+    assert epoch_rows(3, 7).tolist() == [0, 1, 2, 0, 1, 2, *range(3, 10)]  # 7/3 rounds to 2 repeats
+    assert epoch_rows(5, 4).tolist() == list(range(9))  # fewer spoken than recorded: each row once
+    result = train({**CONFIG, "epochs": 1, "synthetic_voices": 18}, data, device="cpu")
+    # 27 recordings twice and 54 spoken clips: 108 rows, 7 steps of 16.
+    assert result.metrics["synthetic_clips"] == 54 and result.history[-1]["step"] == 7
+
+
 def test_a_run_with_synthetic_voices_resumes_bit_identically(data, tmp_path):
-    expected = train(CONFIG, data, device="cpu", progress_interval=0)
+    config = {**CONFIG, "synthetic_voices": 18}  # more spoken than recorded: the recordings come twice
+    expected = train(config, data, device="cpu", progress_interval=0)
     cache = tmp_path / "voices"
     path = tmp_path / "run.ckpt"
 
     def cancel(event):
-        if event.kind == "step" and event.step == 4:
+        if event.kind == "step" and event.step == 10:  # inside the second epoch of 7 steps
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[cancel],
+        train(config, data, device="cpu", progress_interval=0, checkpoint_path=path, callbacks=[cancel],
               synthetic_cache=cache)
     assert len(list(cache.glob("*.npy"))) == 1
     # The resume reads the clips back: the same clips, so the same run.
-    resumed = train(CONFIG, data, device="cpu", progress_interval=0, checkpoint_path=path, synthetic_cache=cache)
+    resumed = train(config, data, device="cpu", progress_interval=0, checkpoint_path=path, synthetic_cache=cache)
     assert resumed.history == [{**h, "elapsed_s": r["elapsed_s"], "samples_per_s": r["samples_per_s"]}
                                for h, r in zip(expected.history, resumed.history, strict=True)]
     for (name, a), b in zip(resumed.model.state_dict().items(), expected.model.state_dict().values(), strict=True):
