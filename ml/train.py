@@ -373,11 +373,10 @@ def epoch_batches(
     skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's training batches in the order of `perm` (row indices; a row may come more than
-    once: epoch_rows), from batch number `skip` on (a resumed
-    epoch), each (inputs, labels) pair passed through `prepare` (augmentation, layout, mixup: it
-    returns inputs and the targets to train on, class indices or N×C probabilities). A last batch of one sample is
-    dropped (batch norm cannot normalise a single value); reshuffling means a different one sits
-    out each epoch.
+    once: epoch_rows), from batch number `skip` on (a resumed epoch), each (inputs, labels) pair
+    passed through `prepare` (augmentation, layout, mixup: it returns inputs and the targets to
+    train on, class indices or N×C probabilities). A last batch of one sample is dropped (batch
+    norm cannot normalise a single value); reshuffling means a different one sits out each epoch.
 
     Lazy on purpose: batch i+1's augmentation is drawn from the generator only once step i is
     done, so the generator's state after a step is exactly what a resumed epoch needs. The whole
@@ -399,16 +398,14 @@ def check_finite(loss: float, *, epoch: int, step: int) -> None:
         )
 
 
-def epoch_rows(real: int, synthetic: int) -> np.ndarray | None:
-    """The training rows one epoch goes through, before its shuffle, when `synthetic` clips follow
-    `real` recordings; None for every row once (no synthetic clips). The recordings are repeated
-    until they make about half of the epoch. The synthetic voices give variety, but the
+def epoch_rows(real: int, synthetic: int) -> np.ndarray:
+    """The training rows one epoch goes through, before its shuffle: `real` recordings followed by
+    `synthetic` clips; with none, every row once. The recordings are repeated until they make
+    about half of the epoch. The synthetic voices give variety, but the
     recordings are what a test sounds like. FSDD leave-one-speaker-out, crnn, 1,000 synthetic clips
     a digit beside 2,500 recordings (4 repeats), 14 instead of 25 epochs for about the same steps:
     93.7 % mean against 93.2 % with the recordings once (docs/benchmarks.md)."""
-    if not synthetic or not real:
-        return None
-    repeats = max(1, round(synthetic / real))
+    repeats = max(1, round(synthetic / real)) if real else 1
     return np.concatenate([np.tile(np.arange(real), repeats), np.arange(real, real + synthetic)])
 
 
@@ -820,12 +817,10 @@ def train(
             model.specaugment.generator = generator
         optimizer = make_optimizer(model, config)
         micro = MicroBatching(batch_size=min(config.batch_size, len(x_train)))
-        rows_t = None if rows is None else torch.as_tensor(rows, device=dev)
-        per_epoch = steps_per_epoch(len(x_train) if rows is None else len(rows), micro.batch_size)
+        rows_t = torch.as_tensor(rows, device=dev)
+        per_epoch = steps_per_epoch(len(rows_t), micro.batch_size)
 
-        def shuffle() -> torch.Tensor:
-            if rows_t is None:
-                return torch.randperm(len(x_train), generator=generator, device=dev)
+        def shuffle() -> torch.Tensor:  # rows once each: the very permutation randperm(len(x_train)) draws
             return rows_t[torch.randperm(len(rows_t), generator=generator, device=dev)]
         total_steps = per_epoch * config.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total_steps))
